@@ -1,0 +1,3 @@
+"""relssl: self-supervised visual representation learning beyond instance discrimination."""
+
+__version__ = "0.1.0"
