@@ -1,0 +1,333 @@
+"""Typed configuration: dataclasses, YAML files and ``key=value`` overrides, validated before any work.
+
+A run is described by one :class:`Config`. ``load_config(path, overrides)`` reads a YAML recipe,
+applies overrides such as ``optim.lr=0.1`` or ``method.queue_size=8192``, and checks every key
+and value: an unknown key or a value of the wrong type or range raises :class:`ConfigError` with
+one line that names the key and what is allowed.
+
+The ``method`` section is checked against the chosen method's own ``Config`` dataclass, and the
+``augment`` section against :class:`relssl.augment.ViewRecipe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relssl.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: str | None = None  # None: the dataset's usual places (see relssl.data)
+    download: bool = True  # allowed to install / download a missing dataset
+    subset: int | None = None  # pretrain on a seeded, class-balanced subset of this many images
+    bank_subset: int | None = None  # kNN bank size (None: the whole bank split)
+    test_subset: int | None = None  # test images used by the kNN monitor (None: all)
+    crop_size: int | None = None  # None: the dataset's default crop size
+    eval_size: int | None = None  # size the evaluation images are resized to (None: crop_size)
+
+    def validate(self) -> None:
+        for key in ("subset", "bank_subset", "test_subset", "crop_size", "eval_size"):
+            v = getattr(self, key)
+            if v is not None and v <= 0:
+                raise ConfigError(f"data.{key} must be a positive integer or null, got {v}")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"
+    cifar_stem: bool = True  # 3x3 stride-1 first convolution
+    maxpool: bool | None = None  # None: the dataset's default (kept for 64-px datasets)
+    bn_splits: int = 1  # SplitBatchNorm groups (8 in the small-data recipe of the specs)
+    channels_last: bool = True  # on GPU only
+    pretrained: str | None = None  # path to a torchvision state dict to start from (default: random init)
+
+    def validate(self) -> None:
+        if self.bn_splits < 1:
+            raise ConfigError(f"backbone.bn_splits must be >= 1, got {self.bn_splits}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | lars
+    lr: float = 0.06
+    lr_scaling: str = "none"  # none | linear (lr * batch / 256) | sqrt (lr * sqrt(batch))
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    exclude_bn_bias: bool = False  # no weight decay (and no LARS adaptation) on norm weights and biases
+    lars_eta: float = 0.001  # LARS trust coefficient
+    batch_size: int = 256  # per process
+    epochs: int = 200
+    warmup_epochs: float = 5.0  # linear warm-up from 0, then cosine to min_lr, updated every step
+    min_lr: float = 0.0
+    max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
+
+    def validate(self) -> None:
+        if self.name not in ("sgd", "lars"):
+            raise ConfigError(f"optim.name must be one of sgd, lars; got {self.name!r}")
+        if self.lr_scaling not in ("none", "linear", "sqrt"):
+            raise ConfigError(f"optim.lr_scaling must be one of none, linear, sqrt; got {self.lr_scaling!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size < 2:
+            raise ConfigError(f"optim.batch_size must be >= 2, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"optim.warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"optim.max_steps must be >= 1 or null, got {self.max_steps}")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "auto"  # auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed
+    knn_every: int = 1  # run the kNN monitor every N epochs (0 = never); always after the last epoch
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_at_start: bool = True  # also evaluate the randomly initialised backbone (the baseline)
+    log_every_n_steps: int = 20
+    progress_bar: bool = True
+    checkpoint_every: int = 1  # epochs between checkpoints
+    nan_policy: str = "stop"  # stop | skip: what a non-finite loss does
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def validate(self) -> None:
+        if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
+            raise ConfigError(f"trainer.accelerator must be one of auto, cpu, gpu; got {self.accelerator!r}")
+        if self.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):
+            raise ConfigError(
+                f"trainer.precision must be one of auto, 32, bf16-mixed, 16-mixed, 64; got {self.precision!r}"
+            )
+        if self.knn_every < 0:
+            raise ConfigError(f"trainer.knn_every must be >= 0, got {self.knn_every}")
+        if self.knn_k < 1:
+            raise ConfigError(f"trainer.knn_k must be >= 1, got {self.knn_k}")
+        if self.knn_t <= 0:
+            raise ConfigError(f"trainer.knn_t (temperature) must be > 0, got {self.knn_t}")
+        if self.nan_policy not in ("stop", "skip"):
+            raise ConfigError(f"trainer.nan_policy must be one of stop, skip; got {self.nan_policy!r}")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise ConfigError("trainer.devices and trainer.num_nodes must be >= 1")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"trainer.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    name: str | None = None  # run name (default: <dataset>-<method>-<time>)
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: dict = field(default_factory=lambda: {"name": "mocov2"})  # name + the method's own options
+    views: list | None = None  # recipe names, one per view the method takes (None: the method's default)
+    augment: dict = field(default_factory=dict)  # recipe name -> overrides of that preset's fields
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- parsing / checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """Check (and mildly coerce: int -> float, list -> tuple) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        allowed = " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+            return tuple(_check_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        return tuple(_check_value(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    if origin is list or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return [_check_value(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    return value
+
+
+def unknown_key_error(prefix: str, key: str, allowed: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f"{prefix}.{key}" if prefix else key
+    return ConfigError(f"unknown config key {where!r}{hint}; allowed: {', '.join(allowed)}")
+
+
+def build_dataclass(cls: type, values: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking types and ranges."""
+    if values is None:
+        values = {}
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
+        values = dataclasses.asdict(values)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise unknown_key_error(prefix, str(key), names)
+        kwargs[key] = _check_value(f"{prefix}.{key}" if prefix else key, value, hints[key])
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], c) with c parsed as YAML (numbers, true/false, null, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (for example optim.lr=0.1)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: cannot parse the value ({err.__class__.__name__})") from err
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass a YAML recipe such as configs/fashion_mnist/mocov2.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and fully validate a Config (method and augmentation sections included)."""
+    cfg = build_dataclass(Config, raw)
+    # the method section: checked against the method's own Config dataclass
+    from relssl.methods import method_config  # late import: methods import config helpers
+
+    cfg.method = method_config(cfg.method)
+    from relssl.augment import recipe as make_recipe
+
+    for name, overrides in cfg.augment.items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"augment.{name} must be a mapping of recipe fields, got {overrides!r}")
+        try:
+            make_recipe(name, **overrides)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"augment.{name}: {err}") from err
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw = read_yaml(path) if path else {}
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw)
+
+
+def dump_config(cfg: Config) -> str:
+    def plain(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, list):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)

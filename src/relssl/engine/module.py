@@ -1,0 +1,189 @@
+"""The one LightningModule that trains any method.
+
+It owns the device-resident training images, draws the views of each batch on the device (one
+batched call per view, random per sample, seeded by (seed, step, rank) so a resumed run draws
+exactly the same views), hands them to the method, logs, and calls the method's
+``after_optimizer_step`` (EMA teachers) after every optimizer step. It knows nothing of any one
+method.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from relssl.augment import make_views
+from relssl.augment import recipe as make_recipe
+from relssl.config import Config
+from relssl.data import DatasetSplits, EpochBatchSampler, IndexBatchDataset
+from relssl.engine.optim import build_optimizer, build_scheduler
+from relssl.errors import ConfigError, TrainingError
+from relssl.methods import METHODS, StepInfo, build_method
+from relssl.nn import build_backbone
+
+
+def build_backbone_from_config(cfg: Config, channels: int, maxpool_default: bool):
+    b = cfg.backbone
+    maxpool = maxpool_default if b.maxpool is None else b.maxpool
+    backbone, feat_dim = build_backbone(b.name, in_channels=channels, cifar_stem=b.cifar_stem,
+                                        maxpool=maxpool, bn_splits=b.bn_splits)
+    if b.pretrained:
+        from relssl.nn import load_torchvision_weights
+
+        load_torchvision_weights(backbone, b.pretrained)
+    return backbone, feat_dim
+
+
+def view_recipes(cfg: Config, crop_size: int):
+    cls = METHODS[cfg.method["name"]]
+    names = list(cfg.views) if cfg.views is not None else list(cls.default_views)
+    if len(names) != len(cls.default_views):
+        raise ConfigError(
+            f"views must name {len(cls.default_views)} recipes for {cls.name} "
+            f"(default {list(cls.default_views)}), got {names}"
+        )
+    recipes = []
+    for name in names:
+        overrides = {"crop_size": crop_size, **cfg.augment.get(name, {})}
+        try:
+            recipes.append(make_recipe(name, **overrides))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"views: {err}") from err
+    return names, recipes
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(self, cfg: Config, splits: DatasetSplits) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.save_hyperparameters({"config": cfg.to_dict()})
+        info = splits.info
+        self.info = info
+        self.crop_size = cfg.data.crop_size or info.crop_size
+        self.eval_size = cfg.data.eval_size or self.crop_size
+        self.mean, self.std = info.mean, info.std
+        backbone, feat_dim = build_backbone_from_config(cfg, info.channels, info.maxpool)
+        self.method = build_method(cfg.method, backbone, feat_dim)
+        self.view_names, self.recipes = view_recipes(cfg, self.crop_size)
+        pre = splits.pretrain.subset(cfg.data.subset, seed=cfg.seed)
+        # plain attributes, not buffers: the data never goes into checkpoints
+        self.train_images = pre.images
+        self.train_labels = pre.labels
+        self.splits = splits
+        self._pending_loss: torch.Tensor | None = None
+        self._pending_step = 0
+        self.steps_per_epoch = len(pre) // (cfg.optim.batch_size * max(1, self._world_size_hint()))
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"optim.batch_size {cfg.optim.batch_size} is larger than the pretraining set ({len(pre)} images)"
+            )
+
+    def _world_size_hint(self) -> int:
+        return self.cfg.trainer.devices * self.cfg.trainer.num_nodes
+
+    @property
+    def backbone(self):
+        return self.method.backbone
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.optim.epochs
+
+    # ------------------------------------------------------------------ data
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochBatchSampler(len(self.train_images), self.cfg.optim.batch_size, seed=self.cfg.seed,
+                                    rank=self.global_rank, world_size=self.trainer.world_size)
+        return DataLoader(IndexBatchDataset(len(self.train_images)), sampler=sampler, batch_size=None,
+                          num_workers=0)
+
+    def on_fit_start(self) -> None:
+        self.train_images = self.train_images.to(self.device)
+        if self.train_labels is not None:
+            self.train_labels = self.train_labels.to(self.device)
+        self._t_last = None
+
+    def _channels_last(self) -> bool:
+        return self.cfg.backbone.channels_last and self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ training
+    def _step_info(self, idx: torch.Tensor | None, generator: torch.Generator | None) -> StepInfo:
+        step = self.global_step
+        labels = None if (self.train_labels is None or idx is None) else self.train_labels[idx]
+        return StepInfo(step=step, progress=min(1.0, step / max(1, self.total_steps)), index=idx,
+                        labels=labels, generator=generator)
+
+    def training_step(self, idx: torch.Tensor, batch_idx: int):
+        self._check_pending_loss()
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(step_seed(self.cfg.seed, self.global_step, self.global_rank))
+        images = self.train_images[idx]
+        views = make_views(images, self.recipes, self.mean, self.std, gen)
+        if self._channels_last():
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        out = self.method.training_step(views, self._step_info(idx, gen))
+        loss = out["loss"]
+        if self.cfg.trainer.nan_policy == "skip":
+            if not torch.isfinite(loss).item():
+                self.print(f"relssl: non-finite loss at step {self.global_step} ({self.cfg.method['name']}); step skipped")
+                self.log("skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+                return None
+        else:
+            # checked one step later, so the check never stalls the device pipeline
+            self._pending_loss, self._pending_step = loss.detach(), self.global_step
+        for key, value in out.items():
+            self.log(f"train/{key}" if key != "loss" else "loss", value.detach().float(),
+                     prog_bar=key == "loss", on_step=True, on_epoch=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def _check_pending_loss(self) -> None:
+        if self._pending_loss is not None and not torch.isfinite(self._pending_loss).item():
+            step, self._pending_loss = self._pending_step, None
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+            raise TrainingError(
+                f"non-finite loss at step {step} ({self.cfg.method['name']}); last good checkpoint: {ckpt}; "
+                "lower optim.lr, check the data, or set trainer.nan_policy=skip"
+            )
+        self._pending_loss = None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if outputs is None:
+            return
+        # global_step has already advanced past the optimizer step that just ran
+        info = StepInfo(step=self.global_step, progress=min(1.0, self.global_step / max(1, self.total_steps)))
+        self.method.after_optimizer_step(info)
+        now = time.perf_counter()
+        if self._t_last is not None:
+            dt = now - self._t_last
+            self._ema_dt = dt if getattr(self, "_ema_dt", None) is None else 0.9 * self._ema_dt + 0.1 * dt
+            ips = self.cfg.optim.batch_size * self.trainer.world_size / self._ema_dt
+            self.log("img_s", ips, prog_bar=True, on_step=True, on_epoch=False)
+        self._t_last = now
+
+    def on_train_epoch_start(self) -> None:
+        self._t_last = None
+        self._ema_dt = None
+
+    def on_train_end(self) -> None:
+        self._check_pending_loss()
+
+    def configure_optimizers(self):
+        global_batch = self.cfg.optim.batch_size * self.trainer.world_size
+        optimizer = build_optimizer(self.method, self.cfg.optim, global_batch)
+        warmup = int(round(self.cfg.optim.warmup_epochs * self.steps_per_epoch))
+        scheduler = build_scheduler(optimizer, self.total_steps, warmup,
+                                    self.cfg.optim.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def seconds_to_text(s: float) -> str:
+    m, s = divmod(int(math.ceil(s)), 60)
+    return f"{m}m{s:02d}s"

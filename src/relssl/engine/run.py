@@ -1,0 +1,174 @@
+"""Run a pretraining job: run directory, Lightning trainer, checkpoints, logs, results.
+
+A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/`` (``last.ckpt``,
+``best.ckpt`` by kNN top-1, one per epoch is not kept), ``metrics.csv``, ``tb/`` (TensorBoard
+events), ``log.txt`` and, at the end, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from relssl.config import Config, config_from_dict, dump_config
+from relssl.data import DatasetSplits, load_dataset
+from relssl.engine.callbacks import KNNMonitor
+from relssl.engine.checkpoint import AtomicCheckpointIO
+from relssl.engine.module import PretrainModule
+from relssl.errors import ConfigError, DataError
+
+log = logging.getLogger("relssl")
+
+
+def resolve_precision(cfg: Config, accelerator: str) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if accelerator == "gpu" else "32-true"
+
+
+def resolve_accelerator(cfg: Config) -> str:
+    acc = cfg.trainer.accelerator
+    if acc == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if acc in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.accelerator=gpu but no CUDA device is available; use trainer.accelerator=cpu")
+        return "gpu"
+    return "cpu"
+
+
+def make_run_dir(cfg: Config) -> Path:
+    name = cfg.name or f"{cfg.data.dataset}-{cfg.method['name']}-{datetime.now():%Y%m%d-%H%M%S}"
+    base = Path(cfg.output_dir).expanduser()
+    run_dir = base / name
+    n = 2
+    while run_dir.exists():
+        run_dir = base / f"{name}-{n}"
+        n += 1
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory {run_dir}: {err.strerror}; set output_dir to a writable place") from err
+    return run_dir
+
+
+def _setup_file_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("relssl", "lightning.pytorch"):
+        lg = logging.getLogger(name)
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    return handler
+
+
+def environment() -> dict:
+    import lightning
+    import torchvision
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "lightning": lightning.__version__, "device": dev, "cpus": os.cpu_count(),
+            "date": datetime.now().isoformat(timespec="seconds")}
+
+
+def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Path | None = None,
+             quiet: bool = False, extra_callbacks: list | None = None) -> dict:
+    """Pretrain ``cfg``'s method; returns the results dict (also written to ``results.json``).
+
+    ``resume`` is a run directory (or a checkpoint file) of an interrupted run: its config is
+    used, and training continues from its last checkpoint.
+    """
+    ckpt_path = None
+    if resume is not None:
+        resume = Path(resume)
+        if resume.is_file():
+            ckpt_path, run_dir = resume, resume.parent.parent
+        else:
+            run_dir, ckpt_path = resume, resume / "checkpoints" / "last.ckpt"
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {resume}: no config.yaml in {run_dir}; pass a run directory made by relssl pretrain")
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"--resume {resume}: no checkpoint at {ckpt_path} (the run stopped before its first checkpoint); start it again")
+        cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    accelerator = resolve_accelerator(cfg)
+    precision = resolve_precision(cfg, accelerator)
+    if splits is None:
+        splits = load_dataset(cfg.data.dataset, cfg.data.root, download=cfg.data.download)
+    if splits.bank.labels is None or splits.test.labels is None:
+        if cfg.trainer.knn_every or cfg.trainer.knn_at_start:
+            raise DataError(f"{cfg.data.dataset}: the kNN monitor needs labels for the bank and test splits; "
+                            "set trainer.knn_every=0 trainer.knn_at_start=false")
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = PretrainModule(cfg, splits)
+    if resume is None:
+        run_dir = make_run_dir(cfg)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    handler = _setup_file_log(run_dir)
+    log.info("run directory %s; method %s; accelerator %s; precision %s", run_dir, cfg.method["name"], accelerator, precision)
+
+    callbacks: list = list(extra_callbacks or [])
+    bank = splits.bank.subset(cfg.data.bank_subset, seed=cfg.seed)
+    test = splits.test.subset(cfg.data.test_subset, seed=cfg.seed)
+    knn = None
+    if cfg.trainer.knn_every or cfg.trainer.knn_at_start:
+        knn = KNNMonitor(bank.images, bank.labels, test.images, test.labels, splits.info.num_classes,
+                         every=cfg.trainer.knn_every, k=cfg.trainer.knn_k, t=cfg.trainer.knn_t,
+                         at_start=cfg.trainer.knn_at_start)
+        callbacks.append(knn)
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
+                                     every_n_epochs=cfg.trainer.checkpoint_every, save_on_train_epoch_end=True,
+                                     enable_version_counter=False))
+    if knn is not None and cfg.trainer.knn_every:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="knn_top1", mode="max",
+                                         save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False))
+    loggers = [CSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        precision=precision, max_epochs=cfg.optim.epochs,
+        max_steps=cfg.optim.max_steps if cfg.optim.max_steps else -1,
+        logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar and not quiet,
+        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+        default_root_dir=run_dir, benchmark=accelerator == "gpu", deterministic=False,
+    )
+    t0 = time.perf_counter()
+    try:
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+        trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    finally:
+        for name in ("relssl", "lightning.pytorch"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+    wall = time.perf_counter() - t0
+    results = {
+        "run_dir": str(run_dir), "method": cfg.method["name"], "dataset": cfg.data.dataset,
+        "backbone": cfg.backbone.name, "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
+        "wall_seconds": round(wall, 2),
+        "knn_init_top1": knn.init_result["top1"] if knn and knn.init_result else None,
+        "knn_last_top1": knn.history[-1]["top1"] if knn and knn.history else None,
+        "knn_last_top5": knn.history[-1]["top5"] if knn and knn.history else None,
+        "knn_best_top1": max(h["top1"] for h in knn.history) if knn and knn.history else None,
+        "knn_history": knn.history if knn else [],
+        "environment": environment(),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,80 @@
+"""MoCo v2 (Chen, Fan, Girshick, He 2020): query encoder, EMA key encoder, FIFO queue of keys.
+
+Spec: shared/methods/msvq-ascl-msf-moco.md section 4 (and section 0 for the small-data recipe).
+Step: q = n(g(f(x1))); k = n(g_k(f_k(x2))) with Shuffle-BN, no gradient; loss = InfoNCE of q
+against [k, queue] (the queue as it was *before* this step); then the keys are enqueued.
+The key encoder moves by EMA after every optimizer step (the same as MoCo's update at the start
+of the next forward). ``symmetric`` adds the x2 -> x1 direction (pc-cp baselines); the queue is
+then still updated once, with the keys of x2.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from relssl.losses import moco_loss
+from relssl.methods.common import StepInfo, check_momentum, check_positive
+from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head, shuffle_forward
+
+
+class MoCoV2(nn.Module):
+    name = "mocov2"
+    default_views = ("strong", "strong")
+
+    @dataclass
+    class Config:
+        temperature: float = 0.2
+        queue_size: int = 4096
+        momentum: float = 0.99
+        proj_hidden: int = 2048
+        proj_dim: int = 128
+        symmetric: bool = False
+        shuffle_bn: bool = True
+
+        def validate(self) -> None:
+            check_positive("temperature", self.temperature)
+            check_positive("queue_size", self.queue_size)
+            check_momentum("momentum", self.momentum)
+            check_positive("proj_hidden", self.proj_hidden)
+            check_positive("proj_dim", self.proj_dim)
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: "MoCoV2.Config") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.online = nn.Sequential(OrderedDict(
+            backbone=backbone, projector=moco_head(feat_dim, cfg.proj_hidden, cfg.proj_dim)))
+        self.teacher = make_teacher(self.online)
+        self.queue = FeatureQueue(cfg.queue_size, cfg.proj_dim)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.online.backbone
+
+    def _keys(self, x: torch.Tensor, info: StepInfo) -> torch.Tensor:
+        with torch.no_grad():
+            if self.cfg.shuffle_bn:
+                return shuffle_forward(self.teacher, x, info.generator)
+            return self.teacher(x)
+
+    def training_step(self, views: list[torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        x1, x2 = views
+        queue = self.queue.features.clone()  # the queue before this step's keys are written
+        if self.cfg.symmetric:
+            q1, q2 = self.online(torch.cat([x1, x2])).chunk(2)
+            k1, k2 = self._keys(x1, info), self._keys(x2, info)
+            loss = 0.5 * (moco_loss(q1, k2, queue, self.cfg.temperature)
+                          + moco_loss(q2, k1, queue, self.cfg.temperature))
+        else:
+            q1 = self.online(x1)
+            k2 = self._keys(x2, info)
+            loss = moco_loss(q1, k2, queue, self.cfg.temperature)
+        self.queue.enqueue(k2, index=info.index, labels=info.labels, step=info.step)
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, info: StepInfo) -> None:
+        ema_update(self.teacher, self.online, self.cfg.momentum)

@@ -1,0 +1,54 @@
+"""SimCLR (Chen et al. 2020): one encoder, two views, NT-Xent over the 2B embeddings.
+
+Spec: shared/methods/wcl-bsim-pnnclr-baselines.md section 4.1. Head: Linear -> BN -> ReLU ->
+Linear (SimCLR v1). Temperature 0.2 by default (the solo-learn and pc-cp CIFAR recipes; the
+loss function's own default is lightly's 0.5).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from relssl.losses import ntxent_loss
+from relssl.methods.common import StepInfo, check_positive
+from relssl.nn import simclr_head
+
+
+class SimCLR(nn.Module):
+    name = "simclr"
+    default_views = ("simclr", "simclr")
+
+    @dataclass
+    class Config:
+        temperature: float = 0.2
+        proj_hidden: int = 2048
+        proj_dim: int = 128
+
+        def validate(self) -> None:
+            check_positive("temperature", self.temperature)
+            check_positive("proj_hidden", self.proj_hidden)
+            check_positive("proj_dim", self.proj_dim)
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, cfg: "SimCLR.Config") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.online = nn.Sequential(OrderedDict(
+            backbone=backbone, projector=simclr_head(feat_dim, cfg.proj_hidden, cfg.proj_dim)))
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.online.backbone
+
+    def training_step(self, views: list[torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        x1, x2 = views
+        z = self.online(torch.cat([x1, x2]))  # one forward: both views share BN statistics
+        z1, z2 = z.chunk(2)
+        loss = ntxent_loss(z1, z2, temperature=self.cfg.temperature)
+        return {"loss": loss}
+
+    def after_optimizer_step(self, info: StepInfo) -> None:
+        pass
