@@ -95,7 +95,9 @@ def method_rate(method: str, backbone_name: str, batch: int, size: int, device: 
            "optim": {"batch_size": batch, "epochs": 10, "warmup_epochs": 0, "max_steps": warmup + steps},
            "trainer": {"knn_every": 0, "knn_at_start": False, "progress_bar": False}}
     if method == "mocov2":
-        raw["method"]["queue_size"] = 4096
+        # symmetric: two student forward+backward and two teacher forward passes per image, the
+        # same work as the ceiling (the asymmetric default does half of it)
+        raw["method"].update(queue_size=4096, symmetric=True)
     cfg = config_from_dict(raw)
     L.seed_everything(0, verbose=False)
     module = PretrainModule(cfg, data)
