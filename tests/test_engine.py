@@ -1,39 +1,19 @@
 """End to end: pretrain each method briefly on a few hundred real Fashion-MNIST images."""
 
-import csv
 import json
 
 import lightning as L
 import pytest
 import torch
 
-from relssl.cli import resolve_recipe
-from relssl.config import load_config
 from relssl.engine import pretrain
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.errors import CheckpointError, ConfigError, TrainingError
-from relssl.methods import METHODS
 
-TINY = ["backbone.name=convnet_tiny", "backbone.bn_splits=1", "optim.batch_size=64", "optim.warmup_epochs=0",
-        "trainer.knn_every=1", "trainer.knn_k=20", "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "trainer.accelerator=cpu"]
-SMALL_HEADS = {
-    "simclr": ["method.proj_hidden=64", "method.proj_dim=32"],
-    "mocov2": ["method.proj_hidden=64", "method.proj_dim=32", "method.queue_size=256"],
-    "byol": ["method.proj_hidden=64", "method.proj_dim=32", "method.pred_hidden=64"],
-}
+from utils import SMALL_HEADS, read_metrics, tiny_config
 
 
-def tiny_config(method, tmp_path, *extra):
-    return load_config(resolve_recipe(f"fashion_mnist/{method}"),
-                       TINY + SMALL_HEADS[method] + [f"output_dir={tmp_path}"] + list(extra))
-
-
-def read_metrics(run_dir):
-    with open(f"{run_dir}/metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(SMALL_HEADS))
 def test_pretrain_learns(method, tmp_path, fmnist_small):
     cfg = tiny_config(method, tmp_path, "optim.epochs=4", "optim.lr=0.05")
     res = pretrain(cfg, splits=fmnist_small, quiet=True)

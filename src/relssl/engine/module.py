@@ -38,9 +38,14 @@ def build_backbone_from_config(cfg: Config, channels: int, maxpool_default: bool
     return backbone, feat_dim
 
 
-def view_recipes(cfg: Config, crop_size: int):
+def view_recipes(cfg: Config, crop_size: int, names: list[str] | None = None):
+    """The recipes of the views: ``cfg.views`` if set, else ``names`` (a method's choice for the
+    current epoch), else the method's ``default_views``."""
     cls = METHODS[cfg.method["name"]]
-    names = list(cfg.views) if cfg.views is not None else list(cls.default_views)
+    if cfg.views is not None:
+        names = list(cfg.views)
+    elif names is None:
+        names = list(cls.default_views)
     if len(names) != len(cls.default_views):
         raise ConfigError(
             f"views must name {len(cls.default_views)} recipes for {cls.name} "
@@ -171,6 +176,12 @@ class PretrainModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._t_last = None
         self._ema_dt = None
+        # a method may change its views with the epoch (WCL's weak-then-SimCLR schedule)
+        choose = getattr(self.method, "views_for_epoch", None)
+        if choose is not None and self.cfg.views is None:
+            names = choose(self.current_epoch)
+            if names is not None and list(names) != self.view_names:
+                self.view_names, self.recipes = view_recipes(self.cfg, self.crop_size, list(names))
 
     def on_train_end(self) -> None:
         self._check_pending_loss()

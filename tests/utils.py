@@ -1,0 +1,30 @@
+"""Shared helpers of the end-to-end tests: a tiny, fast configuration of any packaged recipe."""
+
+import csv
+
+from relssl.cli import resolve_recipe
+from relssl.config import load_config
+
+# tiny conv net, batch 64, kNN every epoch with k=20, log every step, CPU
+TINY = ["backbone.name=convnet_tiny", "backbone.bn_splits=1", "optim.batch_size=64", "optim.warmup_epochs=0",
+        "trainer.knn_every=1", "trainer.knn_k=20", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
+        "trainer.accelerator=cpu"]
+
+# small heads (and queues) per method, so a step costs milliseconds; methods add themselves here
+SMALL_HEADS = {
+    "simclr": ["method.proj_hidden=64", "method.proj_dim=32"],
+    "mocov2": ["method.proj_hidden=64", "method.proj_dim=32", "method.queue_size=256"],
+    "byol": ["method.proj_hidden=64", "method.proj_dim=32", "method.pred_hidden=64"],
+}
+
+
+def tiny_config(method, tmp_path, *extra, recipe=None, heads=None):
+    """The packaged Fashion-MNIST recipe of ``method`` shrunk by TINY and the method's small heads."""
+    heads = SMALL_HEADS.get(method, []) if heads is None else list(heads)
+    return load_config(resolve_recipe(recipe or f"fashion_mnist/{method}"),
+                       TINY + heads + [f"output_dir={tmp_path}"] + list(extra))
+
+
+def read_metrics(run_dir):
+    with open(f"{run_dir}/metrics.csv") as f:
+        return list(csv.DictReader(f))
