@@ -140,6 +140,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     method: dict = field(default_factory=lambda: {"name": "mocov2"})  # name + the method's own options
+    plugins: Any = None  # plug-ins on the host method: [ascl] or {bsim: {weight: 0.5}}
     views: list | None = None  # recipe names, one per view the method takes (None: the method's default)
     augment: dict = field(default_factory=dict)  # recipe name -> overrides of that preset's fields
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -302,6 +303,9 @@ def config_from_dict(raw: dict) -> Config:
     from relssl.methods import method_config  # late import: methods import config helpers
 
     cfg.method = method_config(cfg.method)
+    from relssl.methods.plugins import plugins_config
+
+    cfg.plugins = plugins_config(cfg.plugins, cfg.method["name"])
     from relssl.augment import recipe as make_recipe
 
     for name, overrides in cfg.augment.items():

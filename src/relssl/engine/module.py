@@ -23,6 +23,7 @@ from relssl.data import DatasetSplits, EpochBatchSampler, IndexBatchDataset
 from relssl.engine.optim import build_optimizer, build_scheduler
 from relssl.errors import ConfigError, TrainingError
 from relssl.methods import METHODS, StepInfo, build_method
+from relssl.methods.plugins import build_plugins
 from relssl.nn import build_backbone
 
 
@@ -77,6 +78,7 @@ class PretrainModule(L.LightningModule):
         self.mean, self.std = info.mean, info.std
         backbone, feat_dim = build_backbone_from_config(cfg, info.channels, info.maxpool)
         self.method = build_method(cfg.method, backbone, feat_dim)
+        self.plugins = torch.nn.ModuleList(build_plugins(cfg.plugins, self.method))
         self.view_names, self.recipes = view_recipes(cfg, self.crop_size)
         pre = splits.pretrain.subset(cfg.data.subset, seed=cfg.seed)
         # plain attributes, not buffers: the data never goes into checkpoints
@@ -133,7 +135,10 @@ class PretrainModule(L.LightningModule):
         views = make_views(images, self.recipes, self.mean, self.std, gen)
         if self._channels_last():
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        out = self.method.training_step(views, self._step_info(idx, gen))
+        info = self._step_info(idx, gen)
+        out = self.method.training_step(views, info)
+        for plugin in self.plugins:
+            out = plugin.after_host_step(self.method, views, info, out)
         loss = out["loss"]
         if self.cfg.trainer.nan_policy == "skip":
             if not torch.isfinite(loss).item():
@@ -144,6 +149,8 @@ class PretrainModule(L.LightningModule):
             # checked one step later, so the check never stalls the device pipeline
             self._pending_loss, self._pending_step = loss.detach(), self.global_step
         for key, value in out.items():
+            if key.startswith("_"):  # tensors handed to plug-ins, not metrics
+                continue
             self.log(f"train/{key}" if key != "loss" else "loss", value.detach().float(),
                      prog_bar=key == "loss", on_step=True, on_epoch=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False)

@@ -56,8 +56,16 @@ class BYOL(nn.Module):
         p1, p2 = self.predictor(self.online(torch.cat([x1, x2]))).chunk(2)
         with torch.no_grad():
             zt1, zt2 = self.teacher(torch.cat([x1, x2])).chunk(2)
-        loss = byol_loss(p1, p2, zt1, zt2)
-        return {"loss": loss}
+        loss = self.regress(p1, p2, zt1, zt2)
+        return {"loss": loss, "_keys": zt2}  # "_keys": view 2's targets, for plug-ins (BSIM)
+
+    def regress(self, p1, p2, zt1, zt2) -> torch.Tensor:
+        """The symmetric regression term; the ASCL plug-in replaces it with soft batch targets."""
+        return byol_loss(p1, p2, zt1, zt2)
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The online branch up to the predictor (for plug-ins that add views, e.g. BSIM)."""
+        return self.predictor(self.online(x))
 
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> None:

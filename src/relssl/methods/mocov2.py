@@ -66,14 +66,22 @@ class MoCoV2(nn.Module):
         if self.cfg.symmetric:
             q1, q2 = self.online(torch.cat([x1, x2])).chunk(2)
             k1, k2 = self._keys(x1, info), self._keys(x2, info)
-            loss = 0.5 * (moco_loss(q1, k2, queue, self.cfg.temperature)
-                          + moco_loss(q2, k1, queue, self.cfg.temperature))
+            loss = 0.5 * (self.contrast(q1, k2, queue) + self.contrast(q2, k1, queue))
         else:
             q1 = self.online(x1)
             k2 = self._keys(x2, info)
-            loss = moco_loss(q1, k2, queue, self.cfg.temperature)
+            loss = self.contrast(q1, k2, queue)
         self.queue.enqueue(k2, index=info.index, labels=info.labels, step=info.step)
-        return {"loss": loss}
+        # "_" entries are for plug-ins (BSIM), not logged: the keys of view 2 and the queue used
+        return {"loss": loss, "_keys": k2, "_negatives": queue}
+
+    def contrast(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+        """The InfoNCE-with-queue term; the ASCL plug-in replaces it with soft targets."""
+        return moco_loss(q, k, queue, self.cfg.temperature)
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The query branch (for plug-ins that add views, e.g. BSIM's mixtures)."""
+        return self.online(x)
 
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> None:

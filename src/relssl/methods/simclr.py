@@ -48,7 +48,11 @@ class SimCLR(nn.Module):
         z = self.online(torch.cat([x1, x2]))  # one forward: both views share BN statistics
         z1, z2 = z.chunk(2)
         loss = ntxent_loss(z1, z2, temperature=self.cfg.temperature)
-        return {"loss": loss}
+        return {"loss": loss, "_keys": z2}  # "_keys": view 2's embeddings, for plug-ins (BSIM)
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder + head (for plug-ins that add views, e.g. BSIM's mixtures)."""
+        return self.online(x)
 
     def after_optimizer_step(self, info: StepInfo) -> None:
         pass

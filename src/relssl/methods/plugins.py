@@ -1,0 +1,52 @@
+"""Plug-ins: modules that change a host method's objective (``plugins: [ascl]`` in a recipe).
+
+A plug-in has ``name``, ``hosts`` (the methods it fits), a ``Config`` dataclass,
+``attach(host)`` (called once: e.g. ASCL swaps the host's loss term) and
+``after_host_step(host, views, info, out) -> out`` (called by the engine after the host's
+``training_step``: e.g. BSIM adds its mixture term to ``out["loss"]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from relssl.errors import ConfigError
+from relssl.methods.ascl import ASCL
+from relssl.methods.bsim import BSIM
+
+PLUGINS: dict[str, type] = {cls.name: cls for cls in (ASCL, BSIM)}
+
+
+def plugins_config(section, method_name: str) -> dict:
+    """Validate ``plugins:`` (a list of names, or a mapping name -> options); returns name -> options."""
+    from relssl.config import build_dataclass
+
+    if section is None:
+        return {}
+    if isinstance(section, (list, tuple)):
+        section = {name: {} for name in section}
+    if not isinstance(section, dict):
+        raise ConfigError(f"plugins must be a list of names or a mapping of name -> options, got {section!r}")
+    out = {}
+    for name, options in section.items():
+        if name not in PLUGINS:
+            raise ConfigError(f"unknown plugin {name!r}; available: {', '.join(PLUGINS)}")
+        cls = PLUGINS[name]
+        if method_name not in cls.hosts:
+            raise ConfigError(f"plugin {name} does not fit method {method_name}; its hosts: {', '.join(cls.hosts)}")
+        opts = build_dataclass(cls.Config, options or {}, prefix=f"plugins.{name}")
+        out[name] = dataclasses.asdict(opts)
+    return out
+
+
+def build_plugins(section: dict, host) -> list:
+    """Instantiate validated plug-ins and attach them to ``host``, in the order given."""
+    from relssl.config import build_dataclass
+
+    plugins = []
+    for name, options in (section or {}).items():
+        cls = PLUGINS[name]
+        plugin = cls(build_dataclass(cls.Config, options, prefix=f"plugins.{name}"))
+        plugin.attach(host)
+        plugins.append(plugin)
+    return plugins
