@@ -52,6 +52,10 @@ class BackboneConfig:
     pretrained: str | None = None  # path to a torchvision state dict to start from (default: random init)
 
     def validate(self) -> None:
+        from relssl.nn import BACKBONES
+
+        if self.name not in BACKBONES:
+            raise ConfigError(f"backbone.name must be one of {', '.join(BACKBONES)}; got {self.name!r}")
         if self.bn_splits < 1:
             raise ConfigError(f"backbone.bn_splits must be >= 1, got {self.bn_splits}")
 
@@ -306,6 +310,12 @@ def config_from_dict(raw: dict) -> Config:
     from relssl.methods.plugins import plugins_config
 
     cfg.plugins = plugins_config(cfg.plugins, cfg.method["name"])
+    # constraints across sections (e.g. a bank that must hold the global batch)
+    from relssl.methods import METHODS
+
+    check = getattr(METHODS[cfg.method["name"]], "check_run_config", None)
+    if check is not None:
+        check(cfg)
     from relssl.augment import recipe as make_recipe
 
     for name, overrides in cfg.augment.items():

@@ -20,16 +20,19 @@ from relssl.errors import CheckpointError
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise CheckpointError(
             f"cannot write checkpoint {path}: {err.strerror or err}; free disk space or choose a writable "
             "output_dir (the previous checkpoint is kept)"

@@ -10,7 +10,10 @@ method.
 from __future__ import annotations
 
 import math
+import random
 import time
+
+import numpy as np
 
 import lightning as L
 import torch
@@ -192,6 +195,35 @@ class PretrainModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self._check_pending_loss()
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the global RNG states (torch, CUDA, NumPy, Python) as plain tensors / ints.
+
+        relssl's own randomness is seeded per step and needs none of them, but user code, custom
+        methods and libraries may draw from the global generators; restoring them keeps a resumed
+        run on the same path. Stored without NumPy objects so the file loads with weights_only.
+        """
+        np_state = np.random.get_state()
+        checkpoint["relssl_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])],
+            "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("relssl_rng")
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        *state, version = rng["python"]
+        random.setstate((version, tuple(state), None))
 
     def configure_optimizers(self):
         global_batch = self.cfg.optim.batch_size * self.trainer.world_size

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from relssl.config import Config, config_from_dict, dump_config
 from relssl.data import DatasetSplits, load_dataset
 from relssl.engine.callbacks import KNNMonitor
-from relssl.engine.checkpoint import AtomicCheckpointIO
+from relssl.engine.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from relssl.engine.module import PretrainModule
 from relssl.errors import ConfigError, DataError
 
@@ -103,6 +103,7 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
             raise ConfigError(f"--resume {resume}: no config.yaml in {run_dir}; pass a run directory made by relssl pretrain")
         if not Path(ckpt_path).is_file():
             raise ConfigError(f"--resume {resume}: no checkpoint at {ckpt_path} (the run stopped before its first checkpoint); start it again")
+        load_checkpoint_file(ckpt_path)  # a corrupt checkpoint fails here, before anything is written
         cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
