@@ -109,3 +109,21 @@ def test_batch_larger_than_data(tmp_path, fmnist_small):
     cfg = tiny_config("simclr", tmp_path, "optim.batch_size=1000")
     with pytest.raises(ConfigError, match="larger than the pretraining set"):
         pretrain(cfg, splits=fmnist_small, quiet=True)
+
+
+def test_file_backed_pretraining_equals_in_memory(tmp_path, fmnist_small):
+    """A split kept on disk (decoded by loader workers) trains exactly like the in-memory one."""
+    from relssl.data import DatasetSplits
+    from relssl.data.filebacked import from_tensor
+
+    pre = fmnist_small.pretrain
+    on_disk = from_tensor(pre.images, pre.labels, size=None, memory_limit=0)
+    assert on_disk.is_file_backed
+    splits = DatasetSplits(info=fmnist_small.info, pretrain=on_disk, bank=fmnist_small.bank, test=fmnist_small.test)
+    extra = ["optim.epochs=1", "trainer.knn_every=0", "trainer.knn_at_start=false", "data.num_workers=2"]
+    a = pretrain(tiny_config("simclr", tmp_path / "mem", *extra), splits=fmnist_small, quiet=True)
+    b = pretrain(tiny_config("simclr", tmp_path / "disk", *extra), splits=splits, quiet=True)
+    sa = load_checkpoint_file(f"{a['run_dir']}/checkpoints/last.ckpt")["state_dict"]
+    sb = load_checkpoint_file(f"{b['run_dir']}/checkpoints/last.ckpt")["state_dict"]
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k

@@ -16,8 +16,8 @@ import torch
 
 from relssl.cli import resolve_recipe
 from relssl.config import load_config
-from relssl.data import load_dataset
 from relssl.engine import pretrain
+from relssl.engine.run import load_data
 from relssl.evaluate.knn import knn_accuracy, pixel_features
 
 # CPU budget: 4-layer conv net (32-256 wide), measured about 5 minutes on 2 cores (see README)
@@ -36,7 +36,7 @@ def run_demo(method: str = "mocov2", device: str = "auto", overrides: list[str] 
         base = [o for o in base if not o.startswith("method.queue_size")]
     cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"),
                       base + [f"trainer.accelerator={'gpu' if gpu else 'cpu'}"] + list(overrides or []))
-    splits = load_dataset(cfg.data.dataset, cfg.data.root, download=True)
+    splits = load_data(cfg)
     print(f"relssl demo: {method} on Fashion-MNIST, backbone {cfg.backbone.name}, "
           f"{cfg.data.subset or len(splits.pretrain)} images x {cfg.optim.epochs} epochs on {'GPU' if gpu else 'CPU'}",
           flush=True)

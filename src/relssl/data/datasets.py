@@ -1,94 +1,37 @@
-"""In-memory image datasets: one uint8 tensor (N, C, H, W) plus labels, and their splits.
+"""The dataset registry (``DATASETS``, ``load_dataset``) and the MNIST-style IDX datasets.
 
 A dataset here is the raw images, never augmented: the views are made on the training device
 by ``relssl.augment``. Labels are kept for evaluation and diagnostics only; no method sees them.
+Each format has its own module (``cifar``, ``stl10``, ``tiny_imagenet``, ``folders``,
+``medmnist``; the IDX format is here); ``docs/datasets.md`` describes the layouts.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-
+from relssl.data.cifar import CIFAR10_INFO, CIFAR100_INFO, load_cifar10, load_cifar100
+from relssl.data.core import (  # noqa: F401 - re-exported: the public names of this module
+    DEFAULT_MEMORY_LIMIT,
+    DatasetInfo,
+    DatasetSplits,
+    ImageDataset,
+    check_splits,
+    sized_info,
+    torchvision_download,
+)
+from relssl.data.filebacked import FileImageDataset, from_tensor  # noqa: F401
+from relssl.data.folders import IMAGENET_INFO, load_image_folder, load_imagenet, load_unlabeled_folder
 from relssl.data.idx import read_idx
+from relssl.data.medmnist import load_medmnist
+from relssl.data.stl10 import STL10_INFO, load_stl10
+from relssl.data.tiny_imagenet import TINY_IMAGENET_INFO, load_tiny_imagenet
 from relssl.errors import DataError
-
-
-@dataclass
-class ImageDataset:
-    """Images as one uint8 tensor (N, C, H, W) and optional integer labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise DataError(
-                f"images must be a uint8 tensor (N, C, H, W), got {self.images.dtype} of shape {tuple(self.images.shape)}"
-            )
-        if self.images.shape[1] not in (1, 3):
-            raise DataError(f"images must have 1 or 3 channels, got {self.images.shape[1]}")
-        if len(self.images) == 0:
-            raise DataError("the dataset is empty: no images were found")
-        if self.labels is not None and len(self.labels) != len(self.images):
-            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, n: int | None, seed: int = 0) -> "ImageDataset":
-        """A seeded random subset of ``n`` images (class-stratified when labels exist)."""
-        if n is None or n >= len(self):
-            return self
-        if n <= 0:
-            raise DataError(f"subset size must be positive, got {n}")
-        g = torch.Generator().manual_seed(seed)
-        if self.labels is None:
-            idx = torch.randperm(len(self), generator=g)[:n]
-        else:
-            # interleave a random order of each class so any prefix is class-balanced
-            order = torch.randperm(len(self), generator=g)
-            labels = self.labels[order]
-            rank = torch.zeros_like(labels)
-            for c in labels.unique():
-                m = labels == c
-                rank[m] = torch.arange(int(m.sum()))
-            key = rank * (int(labels.max()) + 1) + labels
-            idx = order[torch.argsort(key, stable=True)][:n]
-        idx, _ = idx.sort()
-        return ImageDataset(self.images[idx], None if self.labels is None else self.labels[idx])
-
-
-@dataclass
-class DatasetInfo:
-    """Per-dataset defaults."""
-
-    name: str
-    num_classes: int
-    channels: int
-    native_size: int
-    crop_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...] = ()
-    maxpool: bool = False  # keep the ResNet max-pool (the specs keep it for 64-px datasets)
-
-
-@dataclass
-class DatasetSplits:
-    """The splits one experiment uses: pretraining images, the kNN bank / probe-train set, the test set."""
-
-    info: DatasetInfo
-    pretrain: ImageDataset
-    bank: ImageDataset
-    test: ImageDataset
-    root: Path | None = None
-    extra: dict = field(default_factory=dict)
 
 
 FASHION_MNIST_CLASSES = (
@@ -137,8 +80,12 @@ def _idx_layout_error(name: str, roots: list[Path]) -> DataError:
     )
 
 
-def load_idx_dataset(root: Path, info: DatasetInfo) -> DatasetSplits:
-    """Read an MNIST-style dataset (the four IDX files) from ``root``."""
+def load_idx_dataset(root: Path, info: DatasetInfo, *, size: int | None = None,
+                     memory_limit: int | float | None = None) -> DatasetSplits:
+    """Read an MNIST-style dataset (the four IDX files) from ``root``: pretrain = bank = train, test = t10k.
+
+    ``size`` resizes the 28-px images (the pretraining crop is then ``size`` too).
+    """
     paths = {k: _find_idx(root, v) for k, v in IDX_FILES.items()}
     if any(p is None for p in paths.values()):
         raise _idx_layout_error(info.name, [root])
@@ -150,9 +97,11 @@ def load_idx_dataset(root: Path, info: DatasetInfo) -> DatasetSplits:
                 f"{info.name}: {paths[split + '_images']} holds shape {tuple(imgs.shape)} and its labels "
                 f"{tuple(labels.shape)}; expected (N, H, W) images and N labels"
             )
-    train = ImageDataset(tensors["train_images"].unsqueeze(1).contiguous(), tensors["train_labels"].long())
-    test = ImageDataset(tensors["test_images"].unsqueeze(1).contiguous(), tensors["test_labels"].long())
-    return DatasetSplits(info=info, pretrain=train, bank=train, test=test, root=root)
+    train = from_tensor(tensors["train_images"].unsqueeze(1).contiguous(), tensors["train_labels"].long(),
+                        size, memory_limit)
+    test = from_tensor(tensors["test_images"].unsqueeze(1).contiguous(), tensors["test_labels"].long(),
+                       size, memory_limit)
+    return DatasetSplits(info=sized_info(info, size), pretrain=train, bank=train, test=test, root=root)
 
 
 def _candidate_roots(name: str, root: str | None) -> list[Path]:
@@ -180,31 +129,24 @@ def _try_install(name: str, roots: list[Path]) -> Path | None:
             if cmd[1] == "install" and done.returncode == 0 and _find_idx(DEBIAN_FASHION_MNIST, IDX_FILES["train_images"]):
                 return DEBIAN_FASHION_MNIST
     target = roots[-1]
-    try:
-        import torchvision.datasets as tvd
-
-        cls = {"fashion_mnist": tvd.FashionMNIST, "mnist": tvd.MNIST, "kmnist": tvd.KMNIST}[name]
-        print(f"relssl: {name} not found; trying torchvision's download into {target} ...", flush=True)
-        cls(str(target), train=True, download=True)
-        cls(str(target), train=False, download=True)
-        return target
-    except Exception as err:  # noqa: BLE001 - offline machines end here, with the message below
-        print(f"relssl: download failed ({type(err).__name__}: {str(err)[:120]})", flush=True)
-        return None
+    return target if torchvision_download(name, target) else None
 
 
 def _idx_loader(info: DatasetInfo) -> Callable[..., DatasetSplits]:
-    def load(root: str | None = None, download: bool = False) -> DatasetSplits:
+    def load(root: str | None = None, download: bool = False, *, size: int | None = None,
+             memory_limit: int | float | None = None) -> DatasetSplits:
         roots = _candidate_roots(info.name, root)
         for r in roots:
             if _find_idx(r, IDX_FILES["train_images"]) is not None:
-                return load_idx_dataset(r, info)
+                return load_idx_dataset(r, info, size=size, memory_limit=memory_limit)
         if download and root is None:
             got = _try_install(info.name, roots)
             if got is not None:
-                return load_idx_dataset(got, info)
+                return load_idx_dataset(got, info, size=size, memory_limit=memory_limit)
         raise _idx_layout_error(info.name, roots)
 
+    load.__name__ = f"load_{info.name}"
+    load.__doc__ = f"{info.name}: the four IDX files (see load_idx_dataset)."
     return load
 
 
@@ -212,11 +154,66 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "fashion_mnist": _idx_loader(FASHION_MNIST_INFO),
     "mnist": _idx_loader(MNIST_INFO),
     "kmnist": _idx_loader(KMNIST_INFO),
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "stl10": load_stl10,
+    "tiny_imagenet": load_tiny_imagenet,
+    "imagenet": load_imagenet,
+    "medmnist": load_medmnist,
+    "folder": load_image_folder,
+    "unlabeled_folder": load_unlabeled_folder,
 }
+"""Every loader takes ``(root=None, download=False, *, size=None, memory_limit=None)`` and its own
+keyword options (``load_dataset`` passes them on); ``medmnist`` also takes ``flavour``."""
 
 
-def load_dataset(name: str, root: str | None = None, download: bool = False) -> DatasetSplits:
-    """Load a dataset by name. ``download`` allows installing / downloading a missing one."""
-    if name not in DATASETS:
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False, *,
+                 size: int | None = None, memory_limit: int | float | None = None, **options) -> DatasetSplits:
+    """Load a dataset by name: its splits, each in memory or file-backed.
+
+    ``name`` is a key of ``DATASETS``, or ``medmnist:<flavour>`` (e.g. ``medmnist:pathmnist_64``).
+    ``root`` is the dataset's directory (or file, for ``medmnist``); None looks in the usual
+    places. ``download`` allows installing / downloading a missing dataset (torchvision's
+    download for CIFAR, STL-10 and the MNIST family, into ``~/.cache/relssl/<name>``).
+    ``size`` resizes the images (default: the native size; 64 for folders). A split whose
+    decoded images exceed ``memory_limit`` bytes (default 8 GiB) stays on disk as a
+    ``FileImageDataset``. ``options`` go to the loader (e.g. ``channels`` for folders).
+    """
+    base, _, variant = name.partition(":")
+    if base not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](root=root, download=download)
+    loader = DATASETS[base]
+    if variant:
+        if base != "medmnist":
+            raise DataError(f"dataset {base!r} has no variants; {name!r} is only allowed as medmnist:<flavour>")
+        options["flavour"] = variant
+    if size is not None and (not isinstance(size, int) or size < 8):
+        raise DataError(f"{name}: image size must be an integer of at least 8, got {size!r}")
+    params = inspect.signature(loader).parameters
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        allowed = [k for k in params if k not in ("root", "download", "size", "memory_limit", "options")]
+        raise DataError(f"{name}: unknown option {unknown[0]!r}; this dataset takes {', '.join(allowed) or 'none'}")
+    splits = loader(root=root, download=download, size=size, memory_limit=memory_limit, **options)
+    return check_splits(splits)
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "fashion_mnist": FASHION_MNIST_INFO, "mnist": MNIST_INFO, "kmnist": KMNIST_INFO,
+    "cifar10": CIFAR10_INFO, "cifar100": CIFAR100_INFO, "stl10": STL10_INFO,
+    "tiny_imagenet": TINY_IMAGENET_INFO, "imagenet": IMAGENET_INFO,
+}
+"""The fixed defaults of the datasets that have them (folders and MedMNIST depend on the files)."""
+
+
+def dataset_info(name: str, root: str | os.PathLike | None = None, *, size: int | None = None,
+                 **options) -> DatasetInfo:
+    """A dataset's ``DatasetInfo`` without decoding its images where the defaults are fixed.
+
+    Class names are the built-in ones (CIFAR-100 has none; Tiny-ImageNet / ImageNet have their
+    folder's); folders and MedMNIST files are opened file-backed (``memory_limit=0``) to read theirs.
+    """
+    base = name.partition(":")[0]
+    if base in DATASET_INFO and not options:
+        return sized_info(DATASET_INFO[base], size)
+    return load_dataset(name, root, size=size, memory_limit=0, **options).info

@@ -23,6 +23,7 @@ from relssl.augment import make_views
 from relssl.augment import recipe as make_recipe
 from relssl.config import Config
 from relssl.data import DatasetSplits, EpochBatchSampler, IndexBatchDataset
+from relssl.data.filebacked import DecodedBatchDataset
 from relssl.engine.optim import build_optimizer, build_scheduler
 from relssl.errors import ConfigError, TrainingError
 from relssl.methods import METHODS, StepInfo, build_method
@@ -77,15 +78,20 @@ class PretrainModule(L.LightningModule):
         info = splits.info
         self.info = info
         self.crop_size = cfg.data.crop_size or info.crop_size
-        self.eval_size = cfg.data.eval_size or self.crop_size
+        from relssl.engine.run import eval_image_size
+
+        self.eval_size = eval_image_size(cfg, info)
         self.mean, self.std = info.mean, info.std
         backbone, feat_dim = build_backbone_from_config(cfg, info.channels, info.maxpool)
         self.method = build_method(cfg.method, backbone, feat_dim)
         self.plugins = torch.nn.ModuleList(build_plugins(cfg.plugins, self.method))
         self.view_names, self.recipes = view_recipes(cfg, self.crop_size)
         pre = splits.pretrain.subset(cfg.data.subset, seed=cfg.seed)
-        # plain attributes, not buffers: the data never goes into checkpoints
-        self.train_images = pre.images
+        # plain attributes, not buffers: the data never goes into checkpoints. A file-backed
+        # split stays on disk: DataLoader workers decode whole index batches (relssl.data).
+        self.pretrain_set = pre
+        self.file_backed = getattr(pre, "is_file_backed", False)
+        self.train_images = None if self.file_backed else pre.images
         self.train_labels = pre.labels
         self.splits = splits
         self._pending_loss: torch.Tensor | None = None
@@ -109,13 +115,19 @@ class PretrainModule(L.LightningModule):
 
     # ------------------------------------------------------------------ data
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochBatchSampler(len(self.train_images), self.cfg.optim.batch_size, seed=self.cfg.seed,
+        n = len(self.pretrain_set)
+        sampler = EpochBatchSampler(n, self.cfg.optim.batch_size, seed=self.cfg.seed,
                                     rank=self.global_rank, world_size=self.trainer.world_size)
-        return DataLoader(IndexBatchDataset(len(self.train_images)), sampler=sampler, batch_size=None,
-                          num_workers=0)
+        if self.file_backed:
+            workers = self.cfg.data.num_workers
+            return DataLoader(DecodedBatchDataset(self.pretrain_set), sampler=sampler, batch_size=None,
+                              num_workers=workers, pin_memory=self.device.type == "cuda",
+                              persistent_workers=workers > 0)
+        return DataLoader(IndexBatchDataset(n), sampler=sampler, batch_size=None, num_workers=0)
 
     def on_fit_start(self) -> None:
-        self.train_images = self.train_images.to(self.device)
+        if not self.file_backed:
+            self.train_images = self.train_images.to(self.device)
         if self.train_labels is not None:
             self.train_labels = self.train_labels.to(self.device)
         self._t_last = None
@@ -130,11 +142,15 @@ class PretrainModule(L.LightningModule):
         return StepInfo(step=step, progress=min(1.0, step / max(1, self.total_steps)), index=idx,
                         labels=labels, generator=generator)
 
-    def training_step(self, idx: torch.Tensor, batch_idx: int):
+    def training_step(self, batch, batch_idx: int):
         self._check_pending_loss()
         gen = torch.Generator(device=self.device)
         gen.manual_seed(step_seed(self.cfg.seed, self.global_step, self.global_rank))
-        images = self.train_images[idx]
+        if self.file_backed:  # (decoded uint8 images, their indices) from the loader workers
+            images, idx = batch
+        else:  # indices into the device-resident images
+            idx = batch
+            images = self.train_images[idx]
         views = make_views(images, self.recipes, self.mean, self.std, gen)
         if self._channels_last():
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]

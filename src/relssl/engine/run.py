@@ -50,6 +50,22 @@ def resolve_accelerator(cfg: Config) -> str:
     return "cpu"
 
 
+def load_data(cfg: Config) -> DatasetSplits:
+    """The dataset a config names, with its size, memory limit and loader options."""
+    d = cfg.data
+    return load_dataset(d.dataset, d.root, download=d.download, size=d.image_size,
+                        memory_limit=int(d.memory_limit_gb * 2**30), **d.options)
+
+
+def eval_image_size(cfg: Config, info) -> int:
+    """``data.eval_size``, else the native size if it is at least the crop size, else the crop size."""
+    if cfg.data.eval_size:
+        return cfg.data.eval_size
+    crop = cfg.data.crop_size or info.crop_size
+    native = cfg.data.image_size or info.native_size
+    return native if native >= crop else crop
+
+
 def make_run_dir(cfg: Config) -> Path:
     name = cfg.name or f"{cfg.data.dataset}-{cfg.method['name']}-{datetime.now():%Y%m%d-%H%M%S}"
     base = Path(cfg.output_dir).expanduser()
@@ -110,11 +126,12 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     accelerator = resolve_accelerator(cfg)
     precision = resolve_precision(cfg, accelerator)
     if splits is None:
-        splits = load_dataset(cfg.data.dataset, cfg.data.root, download=cfg.data.download)
+        splits = load_data(cfg)
     if splits.bank.labels is None or splits.test.labels is None:
         if cfg.trainer.knn_every or cfg.trainer.knn_at_start:
-            raise DataError(f"{cfg.data.dataset}: the kNN monitor needs labels for the bank and test splits; "
-                            "set trainer.knn_every=0 trainer.knn_at_start=false")
+            note = splits.extra.get("labels_note", "")
+            raise DataError(f"{cfg.data.dataset}: the kNN monitor needs labels for the bank and test splits"
+                            f"{' (' + note + ')' if note else ''}; set trainer.knn_every=0 trainer.knn_at_start=false")
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = PretrainModule(cfg, splits)
@@ -125,10 +142,10 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     log.info("run directory %s; method %s; accelerator %s; precision %s", run_dir, cfg.method["name"], accelerator, precision)
 
     callbacks: list = list(extra_callbacks or [])
-    bank = splits.bank.subset(cfg.data.bank_subset, seed=cfg.seed)
-    test = splits.test.subset(cfg.data.test_subset, seed=cfg.seed)
     knn = None
     if cfg.trainer.knn_every or cfg.trainer.knn_at_start:
+        bank = splits.bank.subset(cfg.data.bank_subset, seed=cfg.seed).materialize()
+        test = splits.test.subset(cfg.data.test_subset, seed=cfg.seed).materialize()
         knn = KNNMonitor(bank.images, bank.labels, test.images, test.labels, splits.info.num_classes,
                          every=cfg.trainer.knn_every, k=cfg.trainer.knn_k, t=cfg.trainer.knn_t,
                          at_start=cfg.trainer.knn_at_start)
