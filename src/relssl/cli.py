@@ -1,4 +1,4 @@
-"""The ``relssl`` command line: pretrain | eval | export | demo | list.
+"""The ``relssl`` command line: pretrain | eval | export | report | demo | list.
 
 Every command validates its input before any work and reports bad input as one line
 (``relssl: error: ...``) with exit status 2.
@@ -7,7 +7,6 @@ Every command validates its input before any work and reports bad input as one l
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -48,7 +47,10 @@ def _epilog() -> str:
             "  relssl demo\n"
             "  relssl pretrain fashion_mnist/mocov2 optim.epochs=50 trainer.knn_every=5\n"
             "  relssl pretrain my.yaml --resume runs/fashion_mnist-mocov2-20261123-101500\n"
-            "  relssl eval knn runs/fashion_mnist-mocov2-20261123-101500\n")
+            "  relssl eval knn runs/fashion_mnist-mocov2-20261123-101500 --protocol all\n"
+            "  relssl eval linear runs/fashion_mnist-mocov2-20261123-101500\n"
+            "  relssl export runs/fashion_mnist-mocov2-20261123-101500 -o backbone.safetensors\n"
+            "  relssl report runs/fashion_mnist-mocov2-20261123-101500\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,15 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 method.queue_size=8192")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint")
-    esub = e.add_subparsers(dest="protocol", metavar="PROTOCOL")
-    k = esub.add_parser("knn", help="weighted kNN (or majority-vote) accuracy of a checkpoint's backbone")
-    k.add_argument("checkpoint", help="a run directory (uses checkpoints/last.ckpt) or a .ckpt file")
-    k.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/data/fmnist")
-    k.add_argument("--k", type=int, default=200)
-    k.add_argument("--t", type=float, default=0.1)
-    k.add_argument("--weighting", choices=("exp", "uniform"), default="exp")
-    k.add_argument("--json", action="store_true", help="print the result as JSON")
+    from relssl.evaluate.commands import add_eval_parsers
+
+    add_eval_parsers(sub)  # eval knn|linear|semisup|tsne, export, report
 
     d = sub.add_parser("demo", help="pretrain the default method on Fashion-MNIST and evaluate it with kNN")
     d.add_argument("--method", default="mocov2", help="method to pretrain (default mocov2)")
@@ -114,18 +110,21 @@ def print_summary(res: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    if args.protocol != "knn":
-        build_parser().parse_args(["eval", "--help"])
-        return 2
-    from relssl.evaluate.checkpoint import evaluate_knn_checkpoint
+    from relssl.evaluate.commands import run_eval
 
-    res = evaluate_knn_checkpoint(args.checkpoint, args.overrides, k=args.k, t=args.t, weighting=args.weighting)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(f"{res['checkpoint']}: kNN ({args.weighting}, k={args.k}, T={args.t}) "
-              f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  ({res['bank']} bank / {res['test']} test images)")
-    return 0
+    return run_eval(args)
+
+
+def cmd_export(args) -> int:
+    from relssl.evaluate.commands import run_export
+
+    return run_export(args)
+
+
+def cmd_report(args) -> int:
+    from relssl.evaluate.commands import run_report
+
+    return run_report(args)
 
 
 def cmd_demo(args) -> int:
@@ -146,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"pretrain": cmd_pretrain, "eval": cmd_eval, "demo": cmd_demo, "list": cmd_list}[args.command](args)
+        commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export, "report": cmd_report,
+                    "demo": cmd_demo, "list": cmd_list}
+        return commands[args.command](args)
     except RelsslError as err:
         print(f"relssl: error: {err}", file=sys.stderr)
         return 2

@@ -1,5 +1,45 @@
-"""Evaluation protocols on frozen (or fine-tuned) backbones."""
+"""Evaluation protocols on frozen (or fine-tuned) backbones, plots, export and run reports.
 
-from relssl.evaluate.knn import extract_features, knn_accuracy, knn_scores, pixel_features, topk_accuracy
+Python API (every protocol takes an :class:`EvalSetup` from :func:`prepare`)::
 
-__all__ = ["extract_features", "knn_accuracy", "knn_scores", "pixel_features", "topk_accuracy"]
+    from relssl.evaluate import prepare, evaluate_knn, linear_probe, fine_tune, embedding_plot
+
+    s = prepare("runs/fashion_mnist-mocov2-...")            # or a .ckpt; random_init=True: baseline
+    evaluate_knn(s, protocol="all")                          # weighted k=200 T=0.1, 1-NN, 20-NN
+    linear_probe(s, LinearProbeConfig(schedule="step"))       # frozen backbone, last + best epoch
+    fine_tune(s, SemiSupConfig(fraction=0.01))               # 1% labels, whole network
+    embedding_plot(s, "tsne.png")                            # t-SNE of test features
+    export_backbone("runs/...", "backbone.safetensors"); load_backbone("backbone.safetensors")
+    write_report("runs/...")                                 # RUN_DIR/report.md
+
+Protocols, defaults and their sources: ``docs/evaluation.md``.
+"""
+
+import importlib
+
+# name -> module; imported on first use, so ``import relssl.evaluate.knn`` (the training engine's
+# kNN monitor) or the CLI's parser does not pull in every protocol and its dependencies
+_EXPORTS = {
+    "EvalSetup": "checkpoint", "prepare": "checkpoint", "load_method": "checkpoint",
+    "evaluate_knn": "knn", "extract_features": "knn", "knn_accuracy": "knn", "knn_protocols": "knn",
+    "knn_scores": "knn", "pixel_features": "knn", "topk_accuracy": "knn",
+    "LinearProbeConfig": "linear", "linear_probe": "linear", "linear_probe_features": "linear",
+    "SemiSupConfig": "semisup", "fine_tune": "semisup", "label_subset_indices": "semisup",
+    "embedding_plot": "plots", "plot_confusion": "plots", "plot_curves": "plots",
+    "export_backbone": "export", "load_backbone": "export", "read_metadata": "export",
+    "write_report": "report",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"relssl.evaluate.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'relssl.evaluate' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,19 +1,35 @@
-"""Load a pretraining checkpoint's backbone and evaluate it."""
+"""Load a pretraining checkpoint's method (and its backbone) for evaluation; save eval results.
+
+A checkpoint is read with ``torch.load(weights_only=True)`` (:func:`relssl.engine.checkpoint.load_checkpoint_file`):
+nothing in it is unpickled as an arbitrary object. The method is rebuilt from the config saved
+in the checkpoint, and its weights are loaded; only the weights of the backbone (the network
+every protocol evaluates) must all be present. Extra entries (plug-in state, say) are ignored.
+
+:func:`prepare` bundles what every protocol needs (:class:`EvalSetup`); :func:`save_result`
+writes a protocol's JSON into ``RUN_DIR/eval/`` when the checkpoint belongs to a run directory.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from relssl.config import apply_overrides, config_from_dict
-from relssl.data import load_dataset
+from relssl.config import Config, apply_overrides, config_from_dict
+from relssl.data import DatasetSplits, ImageDataset
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.errors import CheckpointError, ConfigError
 from relssl.evaluate.knn import extract_features, knn_accuracy
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file, or a run directory's ``checkpoints/last.ckpt`` (else ``best.ckpt``)."""
     path = Path(path)
     if path.is_dir():
         for name in ("last.ckpt", "best.ckpt"):
@@ -26,11 +42,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_method(path: str | Path, overrides: list[str] | None = None):
-    """(config, method with the checkpoint's weights, dataset info) from a checkpoint or run directory."""
-    from relssl.engine.module import build_backbone_from_config
-    from relssl.methods import build_method
+def run_dir_of(path: str | Path) -> Path | None:
+    """The run directory a checkpoint (or run directory) belongs to, or None for a loose file."""
+    path = Path(path)
+    if path.is_dir():
+        return path if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir() else None
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent
+    return None
 
+
+def read_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, dict, Config]:
+    """(checkpoint path, checkpoint dict, its config with ``data.*`` overrides applied)."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint_file(ckpt_path)
     raw = (ckpt.get("hyper_parameters") or {}).get("config")
@@ -39,33 +62,209 @@ def load_method(path: str | Path, overrides: list[str] | None = None):
     for text in overrides or []:
         if not text.startswith("data."):
             raise ConfigError(f"override {text!r}: only data.* keys can be changed when evaluating a checkpoint")
-    raw = apply_overrides(raw, overrides or [])
-    cfg = config_from_dict(raw)
-    splits = load_dataset(cfg.data.dataset, cfg.data.root, download=cfg.data.download)
-    backbone, feat_dim = build_backbone_from_config(cfg, splits.info.channels, splits.info.maxpool)
-    method = build_method(cfg.method, backbone, feat_dim)
+    raw = apply_overrides(dict(raw), list(overrides or []))
+    return ckpt_path, ckpt, config_from_dict(raw)
+
+
+def infer_in_channels(state: dict[str, torch.Tensor], default: int = 3) -> int:
+    """Input channels of a backbone state dict: the second dimension of its first 4-D weight."""
+    for key, value in state.items():
+        if key.endswith("weight") and value.ndim == 4:
+            return int(value.shape[1])
+    return default
+
+
+def _backbone_prefix(method: nn.Module) -> str:
+    backbone = method.backbone
+    for name, module in method.named_modules():
+        if module is backbone:
+            return name
+    raise CheckpointError(f"method {type(method).__name__}.backbone is not one of its sub-modules")
+
+
+def build_method(cfg: Config, in_channels: int, maxpool: bool) -> tuple[nn.Module, int]:
+    """A freshly initialised method of ``cfg`` (backbone built without any ``backbone.pretrained``
+    file: the weights come from the checkpoint). Seeded by ``cfg.seed`` without touching the
+    global random state, so a random-init baseline is reproducible."""
+    from relssl.methods import build_method as _build
+    from relssl.nn import build_backbone
+
+    b = cfg.backbone
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        backbone, feat_dim = build_backbone(b.name, in_channels=in_channels, cifar_stem=b.cifar_stem,
+                                            maxpool=maxpool, bn_splits=b.bn_splits)
+        method = _build(cfg.method, backbone, feat_dim)
+    return method, feat_dim
+
+
+def load_method_weights(method: nn.Module, ckpt: dict, ckpt_path: Path) -> None:
+    """Load the ``method.*`` weights of a Lightning checkpoint; every backbone weight must be there."""
     state = {k[len("method."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
-    missing, unexpected = method.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    prefix = _backbone_prefix(method)
+    wanted = [f"{prefix}.{k}" if prefix else k for k in method.backbone.state_dict()]
+    absent = [k for k in wanted if k not in state]
+    if absent:
         raise CheckpointError(
-            f"checkpoint {ckpt_path} does not match its config's method {cfg.method['name']}: "
-            f"{len(missing)} missing and {len(unexpected)} unexpected weights (e.g. {(missing or unexpected)[0]})"
-        )
+            f"checkpoint {ckpt_path} does not match its config's backbone: {len(absent)} backbone weights "
+            f"missing (e.g. method.{absent[0]})")
+    try:
+        method.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "size mismatch" in ln), first[-1].strip() if first else "")
+        raise CheckpointError(f"checkpoint {ckpt_path} does not fit its config's method: {detail[:200]}") from err
+
+
+def load_method(path: str | Path, overrides: list[str] | None = None, splits: DatasetSplits | None = None,
+                random_init: bool = False):
+    """(config, method with the checkpoint's weights, dataset splits, checkpoint path).
+
+    ``splits`` replaces the dataset named in the config (tests, custom subsets);
+    ``random_init=True`` keeps the method's fresh initialisation (the random-init baseline).
+    """
+    ckpt_path, ckpt, cfg = read_checkpoint(path, overrides)
+    if splits is None:
+        from relssl.engine.run import load_data
+
+        splits = load_data(cfg)
+    maxpool = splits.info.maxpool if cfg.backbone.maxpool is None else cfg.backbone.maxpool
+    method, _ = build_method(cfg, splits.info.channels, maxpool)
+    if not random_init:
+        load_method_weights(method, ckpt, ckpt_path)
     return cfg, method, splits, ckpt_path
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but no CUDA device is available; use --device cpu")
+    return dev
+
+
+@dataclass
+class EvalSetup:
+    """Everything a protocol needs: the config, the method (on ``device``), the data, where to save."""
+
+    cfg: Config
+    method: nn.Module
+    splits: DatasetSplits
+    ckpt_path: Path
+    run_dir: Path | None
+    device: torch.device
+    random_init: bool = False
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.method.backbone
+
+    @property
+    def eval_size(self) -> int:
+        from relssl.engine.run import eval_image_size
+
+        return eval_image_size(self.cfg, self.splits.info)
+
+    @property
+    def mean(self):
+        return self.splits.info.mean
+
+    @property
+    def std(self):
+        return self.splits.info.std
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.info.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        names = list(self.splits.info.classes)
+        return names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+
+    def train_split(self) -> ImageDataset:
+        """The probe-train split (= the kNN bank), ``data.bank_subset`` applied (class-balanced)."""
+        return _labelled(self.splits.bank.subset(self.cfg.data.bank_subset, seed=self.cfg.seed).materialize(), "bank")
+
+    def test_split(self) -> ImageDataset:
+        return _labelled(self.splits.test.subset(self.cfg.data.test_subset, seed=self.cfg.seed).materialize(), "test")
+
+    def features(self, images: torch.Tensor, normalize: bool = True, backbone: nn.Module | None = None) -> torch.Tensor:
+        """Backbone features (eval mode, float32, on ``device``) of uint8 images at the eval size."""
+        return extract_features(backbone or self.backbone, images, size=self.eval_size, mean=self.mean, std=self.std,
+                                device=self.device, channels_last=self.device.type == "cuda", normalize=normalize)
+
+    def header(self, protocol: str) -> dict:
+        """The fields every result JSON starts with."""
+        return {"protocol": protocol, "checkpoint": str(self.ckpt_path), "run_dir": str(self.run_dir or ""),
+                "method": self.cfg.method["name"], "dataset": self.cfg.data.dataset,
+                "backbone": self.cfg.backbone.name, "random_init": self.random_init,
+                "eval_size": self.eval_size, "device": str(self.device), "torch": torch.__version__}
+
+
+def _labelled(ds: ImageDataset, name: str) -> ImageDataset:
+    if ds.labels is None:
+        raise ConfigError(f"the {name} split has no labels; evaluation protocols need a labelled dataset")
+    return ds
+
+
+def prepare(path: str | Path, overrides: list[str] | None = None, splits: DatasetSplits | None = None,
+            device: str | torch.device | None = None, random_init: bool = False) -> EvalSetup:
+    """Load a checkpoint (or run directory) for evaluation on ``device`` (``auto``: CUDA if present)."""
+    dev = resolve_device(device)
+    cfg, method, splits, ckpt_path = load_method(path, overrides, splits=splits, random_init=random_init)
+    method.to(dev).eval()
+    return EvalSetup(cfg=cfg, method=method, splits=splits, ckpt_path=ckpt_path, run_dir=run_dir_of(ckpt_path),
+                     device=dev, random_init=random_init)
+
+
+def result_name(setup: EvalSetup, protocol: str) -> str:
+    """File stem of a result: ``knn``, ``linear_best`` (best.ckpt), ``semisup_1pct_random`` ..."""
+    name = protocol
+    stem = setup.ckpt_path.stem
+    if stem != "last":
+        name += f"_{stem}"
+    if setup.random_init:
+        name += "_random"
+    return name
+
+
+def eval_dir(setup: EvalSetup, out_dir: str | Path | None = None) -> Path | None:
+    """Where results go: ``out_dir`` if given, else ``RUN_DIR/eval`` (None for a loose checkpoint)."""
+    if out_dir is not None:
+        return Path(out_dir)
+    return setup.run_dir / "eval" if setup.run_dir is not None else None
+
+
+def write_json(obj: dict, path: str | Path) -> Path:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}; choose a writable --out directory") from err
+    return path
+
+
+@contextmanager
+def timed(result: dict):
+    t0 = time.perf_counter()
+    yield
+    result["seconds"] = round(time.perf_counter() - t0, 2)
 
 
 def evaluate_knn_checkpoint(path: str | Path, overrides: list[str] | None = None, k: int = 200, t: float = 0.1,
                             weighting: str = "exp", device: str | None = None) -> dict:
-    cfg, method, splits, ckpt_path = load_method(path, overrides)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    method.to(dev)
-    size = cfg.data.eval_size or cfg.data.crop_size or splits.info.crop_size
-    bank = splits.bank.subset(cfg.data.bank_subset, seed=cfg.seed)
-    test = splits.test.subset(cfg.data.test_subset, seed=cfg.seed)
-    kw = dict(size=size, mean=splits.info.mean, std=splits.info.std, device=dev)
-    fb = extract_features(method.backbone, bank.images, **kw)
-    ft = extract_features(method.backbone, test.images, **kw)
-    acc = knn_accuracy(fb, bank.labels.to(dev), ft, test.labels.to(dev), splits.info.num_classes, k=k, t=t,
+    """Weighted (or majority-vote) kNN top-1 / top-5 of a checkpoint (kept for compatibility;
+    :func:`relssl.evaluate.knn.evaluate_knn` runs all kNN protocols and baselines)."""
+    s = prepare(path, overrides, device=device)
+    bank, test = s.train_split(), s.test_split()
+    fb, ft = s.features(bank.images), s.features(test.images)
+    acc = knn_accuracy(fb, bank.labels.to(s.device), ft, test.labels.to(s.device), s.num_classes, k=k, t=t,
                        weighting=weighting)
-    return {"checkpoint": str(ckpt_path), "method": cfg.method["name"], "k": k, "t": t, "weighting": weighting,
+    return {"checkpoint": str(s.ckpt_path), "method": s.cfg.method["name"], "k": k, "t": t, "weighting": weighting,
             "bank": len(bank), "test": len(test), **acc}

@@ -2,9 +2,15 @@
 
 Features: backbone output in eval mode, L2-normalised. Weighted kNN: for each query take the k
 most cosine-similar bank entries, weight each by exp(sim / t), sum the weights per class, predict
-the argmax (k = 200, t = 0.1 by default). ``weighting="uniform"`` is the majority vote of the
-MSF protocol (1-NN, 20-NN). Queries are processed in chunks so memory stays bounded (the bank
-is never multiplied against all queries at once).
+the argmax (k = 200, t = 0.1 by default). ``weighting="uniform"`` counts the votes;
+``weighting="vote"`` is the majority vote of the MSF protocol (1-NN, 20-NN; ``eval_knn.py`` of
+the MSF repo), with ties broken by the neighbours' summed similarity (MSF breaks them at random).
+Queries are processed in chunks so memory stays bounded (the bank is never multiplied against
+all queries at once).
+
+:func:`evaluate_knn` runs the protocols on a checkpoint (see :mod:`relssl.evaluate.checkpoint`)
+beside the two baselines a result must beat (DESIGN.md, "Data on these machines"): the same
+backbone randomly initialised, and mean-centred raw pixels.
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, size: int, mean:
 def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
                k: int = 200, t: float = 0.1, weighting: str = "exp", chunk: int = 1024) -> torch.Tensor:
     """Class scores (Nq, C) of each query from its k nearest bank entries (cosine; inputs normalised)."""
-    if weighting not in ("exp", "uniform"):
-        raise ValueError(f"weighting must be 'exp' or 'uniform', got {weighting!r}")
+    if weighting not in ("exp", "uniform", "vote"):
+        raise ValueError(f"weighting must be 'exp', 'uniform' or 'vote', got {weighting!r}")
     if t <= 0:
         raise ValueError(f"kNN temperature t must be > 0, got {t}")
     if k < 1:
@@ -60,7 +66,13 @@ def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Ten
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk].to(bank.device)
         sims, idx = (q @ bank.T).topk(k, dim=1)
-        w = (sims / t).exp() if weighting == "exp" else torch.ones_like(sims)
+        if weighting == "exp":
+            w = (sims / t).exp()
+        elif weighting == "vote":
+            # one vote each, plus a tie-break below one vote in total: (1 + sim) / 4k per neighbour
+            w = 1.0 + (1.0 + sims) / (4.0 * k)
+        else:
+            w = torch.ones_like(sims)
         s = torch.zeros(len(q), num_classes, device=bank.device, dtype=w.dtype)
         s.scatter_add_(1, bank_labels[idx], w)
         scores.append(s)
@@ -91,3 +103,90 @@ def pixel_features(images: torch.Tensor, center: bool = True) -> torch.Tensor:
     if center:
         x = x - x.mean(dim=0, keepdim=True)
     return F.normalize(x, dim=1)
+
+
+def pixel_features_pair(bank_images: torch.Tensor, test_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw-pixel baseline of a bank and a test set: both centred with the bank's mean, L2-normalised."""
+    xb = bank_images.flatten(1).float() / 255.0
+    xt = test_images.flatten(1).float() / 255.0
+    mu = xb.mean(dim=0, keepdim=True)
+    return F.normalize(xb - mu, dim=1), F.normalize(xt - mu, dim=1)
+
+
+#: kNN protocols by name: (weighting, k or None for the ``k`` argument)
+KNN_PROTOCOLS = {"weighted": ("exp", None), "nn1": ("vote", 1), "nn20": ("vote", 20)}
+PROTOCOL_SETS = {"weighted": ("weighted",), "msf": ("nn1", "nn20"), "all": ("weighted", "nn1", "nn20")}
+
+
+def knn_protocols(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+                  num_classes: int, protocols: Sequence[str] = ("weighted", "nn1", "nn20"), k: int = 200,
+                  t: float = 0.1) -> dict[str, dict[str, float]]:
+    """Top-1 / top-5 (percent) of each named protocol: ``weighted`` (exp(sim / t) over the k
+    nearest), ``nn1`` and ``nn20`` (majority vote among the 1 / 20 nearest; MSF). A vote among
+    fewer than 5 neighbours ranks no 5 classes: its ``top5`` is None."""
+    out = {}
+    for name in protocols:
+        if name not in KNN_PROTOCOLS:
+            raise ValueError(f"unknown kNN protocol {name!r}; allowed: {', '.join(KNN_PROTOCOLS)}")
+        weighting, kk = KNN_PROTOCOLS[name]
+        acc = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=kk or k, t=t,
+                           weighting=weighting)
+        if weighting == "vote" and (kk or k) < 5:
+            acc["top5"] = None  # fewer than 5 votes: the rest of the ranking is arbitrary
+        out[name] = acc
+    return out
+
+
+def evaluate_knn(setup, protocol: str = "weighted", k: int = 200, t: float = 0.1, baselines: bool = True,
+                 weighting: str = "exp") -> dict:
+    """kNN evaluation of a checkpoint (an :class:`relssl.evaluate.checkpoint.EvalSetup`).
+
+    ``protocol``: ``weighted`` (k, t; ``weighting="uniform"`` turns it into a plain vote count),
+    ``msf`` (1-NN and 20-NN majority vote) or ``all``. Bank = the probe-train split
+    (``data.bank_subset`` applied), queries = the test split (``data.test_subset`` applied).
+    Features: backbone output in eval mode, L2-normalised. With ``baselines`` the same protocols
+    run on the randomly initialised backbone (seed = the config's) and on mean-centred raw pixels.
+
+    Returns a dict with ``results`` (protocol -> top1/top5), ``baselines`` (``random_init`` and
+    ``pixels`` -> protocol -> top1/top5) and, when ``weighted`` is among the protocols, its
+    ``top1`` / ``top5`` at the top level.
+    """
+    from relssl.evaluate.checkpoint import build_method, timed
+
+    if protocol not in PROTOCOL_SETS:
+        raise ValueError(f"unknown kNN protocol set {protocol!r}; allowed: {', '.join(PROTOCOL_SETS)}")
+    if weighting not in ("exp", "uniform"):
+        raise ValueError(f"weighting must be 'exp' or 'uniform', got {weighting!r}")
+    names = PROTOCOL_SETS[protocol]
+    res = {**setup.header("knn"), "protocol_set": protocol, "k": k, "t": t, "weighting": weighting}
+    with timed(res):
+        bank, test = setup.train_split(), setup.test_split()
+        dev = setup.device
+        yb, yt = bank.labels.to(dev), test.labels.to(dev)
+        C = setup.num_classes
+
+        def run(fb, ft):
+            out = knn_protocols(fb, yb, ft, yt, C, [n for n in names if n != "weighted"], k=k, t=t)
+            if "weighted" in names:
+                out = {"weighted": knn_accuracy(fb, yb, ft, yt, C, k=k, t=t, weighting=weighting), **out}
+            return out
+
+        fb = setup.features(bank.images)
+        res["results"] = run(fb, setup.features(test.images))
+        res.update(bank=len(bank), test=len(test), feature_dim=int(fb.shape[1]))
+        if baselines:
+            res["baselines"] = {}
+            if not setup.random_init:
+                channels = bank.images.shape[1]
+                b = setup.cfg.backbone
+                maxpool = setup.splits.info.maxpool if b.maxpool is None else b.maxpool
+                rand, _ = build_method(setup.cfg, channels, maxpool)
+                rb = rand.backbone.to(dev)
+                res["baselines"]["random_init"] = run(setup.features(bank.images, backbone=rb),
+                                                      setup.features(test.images, backbone=rb))
+                del rand, rb
+            pb, pt = pixel_features_pair(bank.images, test.images)
+            res["baselines"]["pixels"] = run(pb.to(dev), pt.to(dev))
+    if "weighted" in res["results"]:
+        res["top1"], res["top5"] = res["results"]["weighted"]["top1"], res["results"]["weighted"]["top5"]
+    return res

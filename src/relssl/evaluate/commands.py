@@ -1,0 +1,316 @@
+"""The evaluation commands of the CLI: ``relssl eval knn|linear|semisup|tsne``, ``relssl export``,
+``relssl report`` (parsers and what they run; ``relssl.cli`` wires them in).
+
+Every eval command takes a run directory (its ``checkpoints/last.ckpt``) or a ``.ckpt`` file plus
+``data.*`` overrides, writes its JSON (and PNGs) into ``RUN_DIR/eval/`` when the checkpoint
+belongs to a run directory (``--out DIR`` elsewhere, ``--no-save`` nowhere) and prints a short
+summary (``--json``: the whole result). Bad input is one line: ``relssl: error: ...``, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from relssl.errors import ConfigError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse errors as one line (``relssl: error: ...``, exit 2), like every other bad input."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        print(f"relssl: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _fraction(text: str) -> float:
+    t = text.strip()
+    try:
+        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction such as 0.01 or 1%") from None
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _common(p: argparse.ArgumentParser, random_init: bool = True) -> None:
+    p.add_argument("checkpoint", help="a run directory (uses checkpoints/last.ckpt) or a .ckpt file")
+    p.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/data/fmnist data.bank_subset=null")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    if random_init:
+        p.add_argument("--random-init", action="store_true",
+                       help="evaluate the same architecture randomly initialised (the baseline); saved as *_random")
+    p.add_argument("--out", metavar="DIR", help="write the results here instead of RUN_DIR/eval/")
+    p.add_argument("--no-save", action="store_true", help="write no files, only print")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+
+def add_eval_parsers(sub) -> None:
+    """Add ``eval`` (with knn, linear, semisup, tsne), ``export`` and ``report`` to the CLI's sub-parsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    e = sub.add_parser("eval", help="evaluate a checkpoint: knn, linear, semisup, tsne",
+                       description="Evaluate a checkpoint's backbone. Results go to RUN_DIR/eval/ "
+                                   "(see docs/evaluation.md for the protocols and their sources).")
+    esub = e.add_subparsers(dest="protocol", metavar="PROTOCOL", parser_class=_OneLineParser)
+
+    k = esub.add_parser("knn", formatter_class=fmt,
+                        help="weighted kNN, 1-NN / 20-NN majority vote; random-init and raw-pixel baselines",
+                        description="kNN accuracy (top-1 / top-5) on L2-normalised backbone features: bank = the "
+                                    "probe-train split, queries = the test split.\n"
+                                    "  weighted: k nearest, votes exp(sim/T) (InstDisc / MoCo CIFAR monitor)\n"
+                                    "  msf:      1-NN and 20-NN majority vote (MSF)\n"
+                                    "  all:      both")
+    _common(k)
+    k.add_argument("--protocol", dest="knn_protocol", choices=("weighted", "msf", "all"), default="weighted")
+    k.add_argument("--k", type=int, default=200, help="neighbours of the weighted protocol (default 200)")
+    k.add_argument("--t", type=float, default=0.1, help="temperature of the weighted protocol (default 0.1)")
+    k.add_argument("--weighting", choices=("exp", "uniform"), default="exp",
+                   help="weighted protocol's votes: exp(sim/T) or uniform (default exp)")
+    k.add_argument("--no-baselines", action="store_true", help="skip the random-init and raw-pixel baselines")
+
+    lp = esub.add_parser("linear", formatter_class=fmt,
+                         help="linear probe on the frozen backbone (cosine lr 1.0 or step lr 10)",
+                         description="Linear probe: frozen backbone in eval mode, Linear(D, C) ~ N(0, 0.01), SGD "
+                                     "Nesterov momentum 0.9, wd 0, batch 256, 100 epochs.\n"
+                                     "  --schedule cosine: lr 1.0, cosine per iteration (MSVQ)\n"
+                                     "  --schedule step:   lr 10 (ASCL; --lr 30 for pc-cp / MoCo), x0.1 at epochs 60, 80\n"
+                                     "Without --augment the features are computed once. Reports the last epoch "
+                                     "(headline) and the best over epochs (test-selected: optimistic).")
+    _common(lp)
+    lp.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    lp.add_argument("--lr", type=float, help="base learning rate (default 1.0 cosine, 10 step)")
+    lp.add_argument("--epochs", type=int, default=100)
+    lp.add_argument("--batch-size", type=int, default=256)
+    lp.add_argument("--milestones", type=int, nargs="+", default=[60, 80], help="step schedule: x0.1 at these epochs")
+    lp.add_argument("--weight-decay", type=float, default=0.0)
+    lp.add_argument("--augment", action="store_true",
+                    help="train on a fresh RandomResizedCrop(0.08-1)+flip view each epoch (made on the device)")
+    lp.add_argument("--feature-norm", choices=("none", "l2", "l2_standardize"), default="none",
+                    help="none (spec), l2, or l2_standardize (MSF's fixed BatchNorm)")
+    lp.add_argument("--eval-every", type=int, default=1, help="test every N epochs for best-over-epochs (0: last only)")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("-v", "--verbose", action="store_true", help="print every evaluated epoch")
+
+    ss = esub.add_parser("semisup", formatter_class=fmt,
+                         help="fine-tune backbone + linear head on 1%% or 10%% of the labels",
+                         description="Semi-supervised: fine-tune the whole network on a class-balanced, seeded "
+                                     "label subset of the probe-train split (indices saved with the result).\n"
+                                     "Recipe (OUR CHOICE, not from a paper): SGD Nesterov 0.9, lr 0.01 backbone / "
+                                     "0.1 head, wd 5e-4, batch 64,\ncosine per iteration, RRC(0.08-1)+flip views, "
+                                     "60 epochs up to 5%% labels, 30 above (SimCLR v2's counts).")
+    _common(ss)
+    ss.add_argument("--fraction", type=_fraction, default=0.01, help="labelled share: 0.01, 1%%, 10%% ... (default 1%%)")
+    ss.add_argument("--subset-seed", type=int, default=0, help="seed of the label subset")
+    ss.add_argument("--epochs", type=int, help="default 60 (<= 5%% labels) or 30")
+    ss.add_argument("--batch-size", type=int, default=64)
+    ss.add_argument("--lr-backbone", type=float, default=0.01)
+    ss.add_argument("--lr-head", type=float, default=0.1)
+    ss.add_argument("--weight-decay", type=float, default=5e-4)
+    ss.add_argument("--augment", default="linear", help="view recipe of the training images (default linear; none)")
+    ss.add_argument("--eval-every", type=int, default=0, help="test every N epochs for best-over-epochs (0: last only)")
+    ss.add_argument("--seed", type=int, default=0)
+    ss.add_argument("-v", "--verbose", action="store_true", help="print every evaluated epoch")
+
+    ts = esub.add_parser("tsne", help="t-SNE (or UMAP) plot of test embeddings coloured by class",
+                         description="2-D embedding of L2-normalised backbone features of the test split, "
+                                     "coloured by class, as a PNG.")
+    _common(ts)
+    ts.add_argument("--method", choices=("tsne", "umap"), default="tsne", help="umap needs umap-learn installed")
+    ts.add_argument("--n", type=int, default=2000, help="test images plotted (class-balanced sample; 0 = all)")
+    ts.add_argument("--perplexity", type=float, default=30.0)
+    ts.add_argument("--seed", type=int, default=0)
+
+    x = sub.add_parser("export", help="write a checkpoint's backbone as torchvision-loadable safetensors",
+                       formatter_class=fmt,
+                       description="Export the backbone (state dict + architecture metadata in the header) as "
+                                   "safetensors.\nLoad it with relssl.evaluate.export.load_backbone(path), or with "
+                                   "plain torchvision (ResNets):\n"
+                                   "  net = torchvision.models.resnet18()\n"
+                                   "  net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)  # CIFAR stem\n"
+                                   "  net.maxpool = nn.Identity()  # when maxpool is false\n"
+                                   "  net.fc = nn.Identity()\n"
+                                   "  net.load_state_dict(safetensors.torch.load_file(path))")
+    x.add_argument("checkpoint", help="a run directory (uses checkpoints/last.ckpt) or a .ckpt file")
+    x.add_argument("overrides", nargs="*", help="data.* overrides (data.root=DIR where the dataset lives)")
+    x.add_argument("-o", "--output", metavar="FILE.safetensors",
+                   help="default RUN_DIR/backbone.safetensors (backbone_best.safetensors for best.ckpt)")
+    x.add_argument("--maxpool", type=_bool, help="true|false: only needed when the dataset is not on this machine "
+                                                 "and the config leaves the max-pool to the dataset")
+    x.add_argument("--json", action="store_true", help="print the metadata as JSON")
+
+    r = sub.add_parser("report", help="write RUN_DIR/report.md: config, curves, metrics, plots",
+                       description="One Markdown page for a run: config, training curves (curves.png), "
+                                   "results.json and every eval/*.json with its plots.")
+    r.add_argument("run_dir", help="a run directory of relssl pretrain")
+    r.add_argument("-o", "--output", metavar="FILE.md", help="default RUN_DIR/report.md")
+
+    # the sub-parsers of export and report also report errors in one line
+    for p in (e, x, r):
+        p.__class__ = _OneLineParser
+
+
+# ----------------------------------------------------------------------------------- running
+
+
+def _setup(args):
+    from relssl.evaluate.checkpoint import prepare
+
+    return prepare(args.checkpoint, args.overrides, device=args.device, random_init=getattr(args, "random_init", False))
+
+
+def _save(setup, args, name: str, res: dict) -> dict:
+    """Write ``res`` (without private ``_`` keys) to the eval directory; returns the public dict."""
+    from relssl.evaluate.checkpoint import eval_dir, write_json
+
+    public = {k: v for k, v in res.items() if not k.startswith("_")}
+    out = None if args.no_save else eval_dir(setup, args.out)
+    if out is not None:
+        public["json"] = str(write_json(public, out / f"{name}.json"))
+    return public
+
+
+def _print(args, res: dict, line: str) -> None:
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(line)
+        if res.get("json"):
+            print(f"saved: {res['json']}")
+
+
+def _log(args):
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if getattr(args, "verbose", False) else None
+
+
+def run_eval(args) -> int:
+    if args.protocol is None:
+        raise ConfigError("eval needs a protocol: relssl eval knn|linear|semisup|tsne RUN_DIR (see relssl eval --help)")
+    return {"knn": _eval_knn, "linear": _eval_linear, "semisup": _eval_semisup, "tsne": _eval_tsne}[args.protocol](args)
+
+
+def _eval_knn(args) -> int:
+    from relssl.evaluate.checkpoint import result_name
+    from relssl.evaluate.knn import evaluate_knn
+
+    if args.k < 1 or args.t <= 0:
+        raise ConfigError(f"--k must be >= 1 and --t > 0, got k={args.k}, t={args.t}")
+    s = _setup(args)
+    res = evaluate_knn(s, protocol=args.knn_protocol, k=args.k, t=args.t, baselines=not args.no_baselines,
+                       weighting=args.weighting)
+    res = _save(s, args, result_name(s, "knn"), res)
+    parts = []
+    for name, acc in res["results"].items():
+        label = f"weighted k={args.k} T={args.t}" if name == "weighted" else {"nn1": "1-NN", "nn20": "20-NN"}[name]
+        if name == "weighted" and args.weighting == "uniform":
+            label = f"vote k={args.k}"
+        base = res.get("baselines") or {}
+        extra = ", ".join(f"{b.replace('_', ' ')} {base[b][name]['top1']:.2f}%" for b in base if name in base[b])
+        top5 = f"  top-5 {acc['top5']:.2f}%" if acc.get("top5") is not None else ""
+        parts.append(f"  {label}: top-1 {acc['top1']:.2f}%{top5}" + (f"   (baselines: {extra})" if extra else ""))
+    tag = " [random init]" if s.random_init else ""
+    _print(args, res, f"{res['checkpoint']}{tag}: kNN on {res['bank']} bank / {res['test']} test images\n" + "\n".join(parts))
+    return 0
+
+
+def _eval_linear(args) -> int:
+    from relssl.evaluate.checkpoint import eval_dir, result_name
+    from relssl.evaluate.linear import linear_probe, make_probe_config
+    from relssl.evaluate.plots import plot_confusion
+
+    cfg = make_probe_config(schedule=args.schedule, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                            milestones=list(args.milestones), weight_decay=args.weight_decay, augment=args.augment,
+                            feature_norm=args.feature_norm, eval_every=args.eval_every, seed=args.seed)
+    s = _setup(args)
+    res = linear_probe(s, cfg, log=_log(args))
+    name = result_name(s, "linear")
+    out = None if args.no_save else eval_dir(s, args.out)
+    if out is not None:
+        title = f"linear probe ({cfg.schedule}), last epoch: top-1 {res['top1']:.2f}%"
+        res["confusion_png"] = str(plot_confusion(res["confusion"], res["class_names"], out / f"{name}_confusion.png", title))
+    res = _save(s, args, name, res)
+    tag = " [random init]" if s.random_init else ""
+    _print(args, res, f"{res['checkpoint']}{tag}: linear probe ({cfg.schedule}, lr {cfg.base_lr:g}, {cfg.epochs} epochs, "
+                      f"augment {'on' if cfg.augment else 'off'}; {res['train_size']} train / {res['test_size']} test)\n"
+                      f"  last epoch: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%\n"
+                      f"  best over epochs (test-selected, optimistic): top-1 {res['best_top1']:.2f}% at epoch {res['best_epoch']}")
+    return 0
+
+
+def _eval_semisup(args) -> int:
+    from relssl.evaluate.checkpoint import eval_dir, result_name
+    from relssl.evaluate.plots import plot_confusion
+    from relssl.evaluate.semisup import fine_tune, make_semisup_config
+
+    cfg = make_semisup_config(fraction=args.fraction, subset_seed=args.subset_seed, epochs=args.epochs,
+                              batch_size=args.batch_size, lr_backbone=args.lr_backbone, lr_head=args.lr_head,
+                              weight_decay=args.weight_decay, augment=args.augment, eval_every=args.eval_every,
+                              seed=args.seed)
+    s = _setup(args)
+    res = fine_tune(s, cfg, log=_log(args))
+    name = result_name(s, f"semisup_{100 * cfg.fraction:g}pct".replace(".", "p"))
+    out = None if args.no_save else eval_dir(s, args.out)
+    if out is not None:
+        title = f"fine-tuned on {100 * cfg.fraction:g}% labels, last epoch: top-1 {res['top1']:.2f}%"
+        res["confusion_png"] = str(plot_confusion(res["confusion"], res["class_names"], out / f"{name}_confusion.png", title))
+    res = _save(s, args, name, res)
+    sub = res["subset"]
+    best = (f"\n  best over epochs (test-selected, optimistic): top-1 {res['best_top1']:.2f}% at epoch {res['best_epoch']}"
+            if "best_top1" in res else "")
+    tag = " [random init]" if s.random_init else ""
+    _print(args, res, f"{res['checkpoint']}{tag}: fine-tuned on {100 * cfg.fraction:g}% of the labels "
+                      f"({sub['size']} images, {sub['per_class']} per class, seed {sub['seed']}), {cfg.num_epochs} epochs\n"
+                      f"  last epoch: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%{best}")
+    return 0
+
+
+def _eval_tsne(args) -> int:
+    from relssl.evaluate.checkpoint import eval_dir, result_name
+    from relssl.evaluate.plots import embedding_plot
+
+    if args.method == "umap":
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            raise ConfigError("--method umap needs the optional package umap-learn: pip install umap-learn "
+                              "(or use --method tsne)") from None
+    s = _setup(args)
+    name = result_name(s, args.method)
+    out = None if args.no_save else eval_dir(s, args.out)
+    res = embedding_plot(s, out / f"{name}.png" if out is not None else None, method=args.method, n=args.n,
+                         seed=args.seed, perplexity=args.perplexity)
+    res.pop("points")
+    res = _save(s, args, name, res)
+    kind = {"tsne": "t-SNE", "umap": "UMAP"}[args.method]
+    _print(args, res, f"{res['checkpoint']}: {kind} of {res['n']} test embeddings"
+                      + (f" -> {res['png']}" if res.get("png") else " (not saved: --no-save or a loose checkpoint without --out)"))
+    return 0
+
+
+def run_export(args) -> int:
+    from relssl.evaluate.export import export_backbone
+
+    path, meta = export_backbone(args.checkpoint, args.output, args.overrides, maxpool=args.maxpool)
+    if args.json:
+        print(json.dumps({"file": str(path), **meta}, indent=2))
+    else:
+        arch = (f"{meta['backbone']} (in_channels {meta['in_channels']}, cifar_stem {meta['cifar_stem']}, "
+                f"maxpool {meta['maxpool']}, {meta['feat_dim']}-d features)")
+        note = ("loads into torchvision.models." + meta["backbone"] + " with conv1 / maxpool / fc set as in "
+                "`relssl export --help`") if meta["torchvision_compatible"] else "load it with relssl.evaluate.export.load_backbone"
+        print(f"exported {arch} of {meta['method']} to {path}\n  {note}")
+    return 0
+
+
+def run_report(args) -> int:
+    from relssl.evaluate.report import write_report
+
+    path = write_report(args.run_dir, args.output)
+    print(f"report: {path}")
+    return 0

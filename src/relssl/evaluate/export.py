@@ -1,0 +1,203 @@
+"""Export a checkpoint's backbone as a safetensors file that plain torchvision can load.
+
+The file holds the backbone's state dict (the network every protocol evaluates: the online /
+student / query encoder of the method) and, in the safetensors header, the metadata needed to
+rebuild it: ``backbone``, ``in_channels``, ``cifar_stem``, ``maxpool``, ``feat_dim``, plus the
+method, dataset, input size and normalisation mean / std. safetensors files hold tensors only:
+loading one never runs code.
+
+**With torchvision** (ResNets; the keys are torchvision's, minus ``fc``; SplitBatchNorm has the
+keys of BatchNorm, so nothing is renamed)::
+
+    import torch, torchvision
+    from safetensors.torch import load_file
+
+    net = torchvision.models.resnet18()
+    # CIFAR stem (cifar_stem=true): 3x3 stride-1 first convolution without bias, with
+    # in_channels input channels (1 for Fashion-MNIST); torchvision's own stem is 7x7 stride 2
+    net.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    # (cifar_stem=false with in_channels != 3: Conv2d(in_channels, 64, 7, 2, 3, bias=False))
+    net.maxpool = torch.nn.Identity()   # only when maxpool=false (CIFAR-sized inputs)
+    net.fc = torch.nn.Identity()        # the output is the pooled feature (512-d for ResNet-18)
+    net.load_state_dict(load_file("backbone.safetensors"))   # strict
+    net.eval()
+
+Feed it images normalised with the ``mean`` / ``std`` of the metadata, at ``input_size``.
+
+**With relssl**: :func:`load_backbone` rebuilds the right architecture (ResNets and the small
+``convnet`` test nets) from the metadata and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from relssl.errors import CheckpointError, ConfigError, DataError
+
+FORMAT = "relssl-backbone"
+FORMAT_VERSION = "1"
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
+
+
+def _dataset_info(cfg, splits=None):
+    if splits is not None:
+        return splits.info
+    from relssl.data import dataset_info
+
+    try:  # the defaults only: no images are decoded
+        return dataset_info(cfg.data.dataset, cfg.data.root, size=cfg.data.image_size, **cfg.data.options)
+    except DataError:
+        return None
+
+
+def backbone_from_checkpoint(path: str | Path, overrides: list[str] | None = None, splits=None,
+                             maxpool: bool | None = None) -> tuple[nn.Module, dict]:
+    """(backbone with the checkpoint's weights, metadata) of a checkpoint or run directory.
+
+    The dataset is read only for its defaults (max-pool when the config leaves it to the
+    dataset, mean / std); if it is not on this machine, pass ``maxpool`` where needed.
+    """
+    import relssl
+    from relssl.evaluate.checkpoint import build_method, infer_in_channels, load_method_weights, read_checkpoint
+
+    ckpt_path, ckpt, cfg = read_checkpoint(path, overrides)
+    info = _dataset_info(cfg, splits)
+    b = cfg.backbone
+    if maxpool is None:
+        maxpool = b.maxpool
+    if maxpool is None:
+        if info is None:
+            raise DataError(f"dataset {cfg.data.dataset} is not on this machine, so its max-pool default is unknown; "
+                            "pass --maxpool true|false (or data.root=DIR)")
+        maxpool = info.maxpool
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
+    in_channels = info.channels if info is not None else infer_in_channels(state)
+    method, feat_dim = build_method(cfg, in_channels, maxpool)
+    load_method_weights(method, ckpt, ckpt_path)
+    size = cfg.data.eval_size or cfg.data.crop_size or (info.crop_size if info is not None else None)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "backbone": b.name, "in_channels": in_channels, "cifar_stem": b.cifar_stem, "maxpool": bool(maxpool),
+        "feat_dim": feat_dim, "trained_bn_splits": b.bn_splits,
+        "torchvision_compatible": b.name in TORCHVISION_ARCHS,
+        "method": cfg.method["name"], "dataset": cfg.data.dataset, "input_size": size,
+        "mean": list(info.mean) if info is not None else None, "std": list(info.std) if info is not None else None,
+        "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "source": str(ckpt_path),
+        "relssl_version": relssl.__version__, "torch": torch.__version__,
+    }
+    return method.backbone, meta
+
+
+def default_export_path(path: str | Path) -> Path:
+    """``RUN_DIR/backbone.safetensors`` (``backbone_best.safetensors`` for best.ckpt), or
+    ``<file>.backbone.safetensors`` beside a loose checkpoint file."""
+    from relssl.evaluate.checkpoint import resolve_checkpoint, run_dir_of
+
+    ckpt = resolve_checkpoint(path)
+    run = run_dir_of(ckpt)
+    if run is not None:
+        return run / ("backbone.safetensors" if ckpt.stem == "last" else f"backbone_{ckpt.stem}.safetensors")
+    return ckpt.with_name(ckpt.stem + ".backbone.safetensors")
+
+
+def save_backbone(backbone: nn.Module, meta: dict, out: str | Path) -> Path:
+    """Write ``backbone``'s state dict and ``meta`` (JSON-encoded values) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"export file {out} must end in .safetensors")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
+    header = {k: json.dumps(v) for k, v in meta.items()}
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=header)
+        os.replace(tmp, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {out}: {err.strerror or err}; choose a writable -o path") from err
+    return out
+
+
+def export_backbone(path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
+                    splits=None, maxpool: bool | None = None) -> tuple[Path, dict]:
+    """Export the backbone of a checkpoint / run directory; returns (file, metadata)."""
+    backbone, meta = backbone_from_checkpoint(path, overrides, splits=splits, maxpool=maxpool)
+    out = Path(out) if out is not None else default_export_path(path)
+    return save_backbone(backbone, meta, out), meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata of an exported backbone (values decoded from JSON)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"exported backbone {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a safetensors file ({str(err).splitlines()[0][:120]})") from err
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} was not written by relssl export (no '{FORMAT}' metadata); "
+                              "load it with safetensors.torch.load_file into the architecture it came from")
+    return meta
+
+
+def build_from_metadata(meta: dict) -> nn.Module:
+    """An untrained relssl backbone with the architecture ``meta`` describes (plain BatchNorm)."""
+    from relssl.nn import build_backbone
+
+    try:
+        net, _ = build_backbone(meta["backbone"], in_channels=int(meta["in_channels"]),
+                                cifar_stem=bool(meta["cifar_stem"]), maxpool=bool(meta["maxpool"]))
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"exported backbone metadata is incomplete or unknown: {err}") from err
+    return net
+
+
+def torchvision_backbone(meta: dict) -> nn.Module:
+    """The plain torchvision ResNet of the module docstring, built from ``meta`` (no relssl classes)."""
+    import torchvision
+
+    if meta.get("backbone") not in TORCHVISION_ARCHS:
+        raise ConfigError(f"backbone {meta.get('backbone')!r} has no torchvision counterpart; use load_backbone")
+    net = getattr(torchvision.models, meta["backbone"])()
+    c = int(meta["in_channels"])
+    if meta["cifar_stem"]:
+        net.conv1 = nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    elif c != 3:
+        net.conv1 = nn.Conv2d(c, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if not meta["maxpool"]:
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild an exported backbone from its metadata and load its weights (strict); eval mode."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    net = build_from_metadata(meta)
+    state = load_file(str(path), device=str(map_location))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        line = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+        raise CheckpointError(f"{path}: weights do not fit the {meta['backbone']} its metadata describes ({line[:160]})") from err
+    net.feat_dim = int(meta["feat_dim"])  # type: ignore[assignment]
+    return net.to(map_location).eval()

@@ -1,0 +1,114 @@
+"""relssl export: the backbone as safetensors, loadable by plain torchvision and by relssl."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from relssl.cli import main
+from relssl.data import DatasetSplits
+from relssl.engine import pretrain
+from relssl.evaluate.checkpoint import load_method
+from relssl.evaluate.export import export_backbone, load_backbone, read_metadata, torchvision_backbone
+from relssl.errors import CheckpointError
+
+from utils import tiny_config
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory, fmnist_small):
+    """A ResNet-18 (CIFAR stem, 1 channel, SplitBatchNorm with 2 groups) after one SimCLR step."""
+    tmp = tmp_path_factory.mktemp("resnet")
+    splits = DatasetSplits(info=fmnist_small.info, pretrain=fmnist_small.pretrain.subset(16, seed=0),
+                           bank=fmnist_small.bank.subset(20, seed=0), test=fmnist_small.test.subset(10, seed=0))
+    cfg = tiny_config("simclr", tmp, "backbone.name=resnet18", "backbone.bn_splits=2", "optim.batch_size=8",
+                      "optim.max_steps=1", "optim.epochs=1", "trainer.knn_every=0", "trainer.knn_at_start=false",
+                      "name=r18")
+    res = pretrain(cfg, splits=splits, quiet=True)
+    return res["run_dir"], splits
+
+
+@pytest.fixture(scope="module")
+def exported(resnet_run, tmp_path_factory):
+    run_dir, splits = resnet_run
+    return export_backbone(run_dir, tmp_path_factory.mktemp("export") / "r18.safetensors", splits=splits)
+
+
+@pytest.fixture(scope="module")
+def ours(resnet_run):
+    """relssl's own backbone of the checkpoint, in eval mode."""
+    run_dir, splits = resnet_run
+    return load_method(run_dir, splits=splits)[1].backbone.eval()
+
+
+def _plain_torchvision_resnet18(in_channels):
+    """What docs/evaluation.md tells a user to write: torchvision only, no relssl class."""
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)  # CIFAR stem
+    net.maxpool = torch.nn.Identity()  # maxpool: false
+    net.fc = torch.nn.Identity()
+    return net
+
+
+def test_export_loads_into_plain_torchvision(exported, ours):
+    out, meta = exported
+    assert out.is_file()
+    assert meta["backbone"] == "resnet18" and meta["in_channels"] == 1 and meta["cifar_stem"] is True
+    assert meta["maxpool"] is False and meta["feat_dim"] == 512 and meta["torchvision_compatible"] is True
+    assert meta["trained_bn_splits"] == 2 and meta["mean"] == [0.286] and meta["input_size"] == 32
+    with safe_open(str(out), framework="pt") as f:  # the raw header holds the metadata as JSON strings
+        assert f.metadata()["backbone"] == '"resnet18"'
+
+    net = _plain_torchvision_resnet18(meta["in_channels"])
+    net.load_state_dict(load_file(str(out)), strict=True)  # SplitBatchNorm keys are BatchNorm keys
+    net.eval()
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = net(x), ours(x)
+    assert a.shape == (4, 512)
+    assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+    # the helper builds the same plain torchvision module from the metadata
+    tv = torchvision_backbone(meta)
+    tv.load_state_dict(load_file(str(out)), strict=True)
+    assert torch.allclose(tv.eval()(x), a, atol=1e-6)
+
+
+def test_load_backbone_roundtrip(exported, ours):
+    out, _ = exported
+    net = load_backbone(out)
+    assert not net.training and net.feat_dim == 512
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(net(x), ours(x), atol=1e-5, rtol=0)
+    ref = ours.state_dict()
+    got = net.state_dict()
+    assert set(ref) == set(got) and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert read_metadata(out)["method"] == "simclr"
+
+
+def test_export_cli_default_path_and_errors(resnet_run, tmp_path, capsys, monkeypatch):
+    run_dir, splits = resnet_run
+    monkeypatch.setattr("relssl.data.load_dataset", lambda *a, **k: splits)  # the dataset's info, no file reading
+    assert main(["export", run_dir, "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["file"].endswith("r18/backbone.safetensors") and meta["feat_dim"] == 512
+    assert load_backbone(meta["file"]).feat_dim == 512
+    # not a relssl export / not safetensors at all
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not written by relssl export"):
+        load_backbone(foreign)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        read_metadata(junk)
+    for args, message in [(["export", str(tmp_path / "nope")], "does not exist"),
+                          (["export", run_dir, "-o", str(tmp_path / "x.pt")], "must end in .safetensors")]:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("relssl: error: ") and message in err and "\n" not in err
