@@ -170,6 +170,8 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     t0 = time.perf_counter()
     try:
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        # kNN runs every trainer.knn_every epochs: the best-checkpoint callback skips the others
+        warnings.filterwarnings("ignore", message=".*monitor='knn_top1'.*could not find the monitored key.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
     finally:
