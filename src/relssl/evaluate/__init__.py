@@ -11,6 +11,7 @@ Python API (every protocol takes an :class:`EvalSetup` from :func:`prepare`)::
     embedding_plot(s, "tsne.png")                            # t-SNE of test features
     export_backbone("runs/...", "backbone.safetensors"); load_backbone("backbone.safetensors")
     write_report("runs/...")                                 # RUN_DIR/report.md
+    diagnose(s)                                              # false-negative diagnostics (evaluate.diagnostics)
 
 Protocols, defaults and their sources: ``docs/evaluation.md``.
 """
@@ -28,6 +29,7 @@ _EXPORTS = {
     "embedding_plot": "plots", "plot_confusion": "plots", "plot_curves": "plots",
     "export_backbone": "export", "load_backbone": "export", "read_metadata": "export",
     "write_report": "report",
+    "diagnose": "diagnostics", "false_negative_stats": "diagnostics", "queue_stats": "diagnostics",
 }
 
 __all__ = list(_EXPORTS)

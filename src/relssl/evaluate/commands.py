@@ -55,7 +55,7 @@ def _common(p: argparse.ArgumentParser, random_init: bool = True) -> None:
 def add_eval_parsers(sub) -> None:
     """Add ``eval`` (with knn, linear, semisup, tsne), ``export`` and ``report`` to the CLI's sub-parsers."""
     fmt = argparse.RawDescriptionHelpFormatter
-    e = sub.add_parser("eval", help="evaluate a checkpoint: knn, linear, semisup, tsne",
+    e = sub.add_parser("eval", help="evaluate a checkpoint: knn, linear, semisup, tsne, diagnose",
                        description="Evaluate a checkpoint's backbone. Results go to RUN_DIR/eval/ "
                                    "(see docs/evaluation.md for the protocols and their sources).")
     esub = e.add_subparsers(dest="protocol", metavar="PROTOCOL", parser_class=_OneLineParser)
@@ -127,6 +127,21 @@ def add_eval_parsers(sub) -> None:
     ts.add_argument("--perplexity", type=float, default=30.0)
     ts.add_argument("--seed", type=int, default=0)
 
+    dg = esub.add_parser("diagnose", formatter_class=fmt,
+                         help="false-negative diagnostics: in-batch FN rate / mass, queue fill, age, purity, self-match",
+                         description="False-negative diagnostics of a checkpoint (labels used for monitoring only).\n"
+                                     "  in-batch: test embeddings (method.online when present, else the backbone) in "
+                                     "batches of --batch;\n            share of negatives of the anchor's class and "
+                                     "the softmax mass they take\n  queues:   every FeatureQueue: fill, age in steps, "
+                                     "labels, and for training images the purity and\n            self-match rate "
+                                     "of their nearest queue rows (docs/evaluation.md, Diagnostics)")
+    _common(dg, random_init=False)
+    dg.add_argument("--batch", type=int, default=256, help="in-batch size and number of probe training images")
+    dg.add_argument("--n", type=int, default=2000, help="test images (class-balanced subset)")
+    dg.add_argument("--temperature", type=float, help="softmax temperature (default: the method's)")
+    dg.add_argument("--topk", type=int, default=5, help="queue neighbours for purity / self-match (default 5)")
+    dg.add_argument("--seed", type=int, default=0)
+
     x = sub.add_parser("export", help="write a checkpoint's backbone as torchvision-loadable safetensors",
                        formatter_class=fmt,
                        description="Export the backbone (state dict + architecture metadata in the header) as "
@@ -191,8 +206,9 @@ def _log(args):
 
 def run_eval(args) -> int:
     if args.protocol is None:
-        raise ConfigError("eval needs a protocol: relssl eval knn|linear|semisup|tsne RUN_DIR (see relssl eval --help)")
-    return {"knn": _eval_knn, "linear": _eval_linear, "semisup": _eval_semisup, "tsne": _eval_tsne}[args.protocol](args)
+        raise ConfigError("eval needs a protocol: relssl eval knn|linear|semisup|tsne|diagnose RUN_DIR (see relssl eval --help)")
+    return {"knn": _eval_knn, "linear": _eval_linear, "semisup": _eval_semisup, "tsne": _eval_tsne,
+            "diagnose": _eval_diagnose}[args.protocol](args)
 
 
 def _eval_knn(args) -> int:
@@ -290,6 +306,37 @@ def _eval_tsne(args) -> int:
     kind = {"tsne": "t-SNE", "umap": "UMAP"}[args.method]
     _print(args, res, f"{res['checkpoint']}: {kind} of {res['n']} test embeddings"
                       + (f" -> {res['png']}" if res.get("png") else " (not saved: --no-save or a loose checkpoint without --out)"))
+    return 0
+
+
+def _eval_diagnose(args) -> int:
+    from relssl.evaluate.checkpoint import result_name
+    from relssl.evaluate.diagnostics import diagnose
+
+    if args.batch < 2 or args.n < 2 or args.topk < 1 or (args.temperature is not None and args.temperature <= 0):
+        raise ConfigError(f"--batch and --n must be >= 2, --topk >= 1, --temperature > 0; got batch={args.batch}, "
+                          f"n={args.n}, topk={args.topk}, temperature={args.temperature}")
+    s = _setup(args)
+    res = diagnose(s, batch=args.batch, n=args.n, temperature=args.temperature, topk=args.topk, seed=args.seed)
+    res = _save(s, args, result_name(s, "diagnose"), res)
+
+    def f(v, pct=True):
+        return "n/a" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.3g}")
+
+    ib = res["in_batch"]
+    lines = [f"{res['checkpoint']}: false-negative diagnostics (labels for monitoring only; {res['embedding']} "
+             f"embeddings, T={res['temperature']:g}, step {res['global_step']})",
+             f"  in-batch ({ib['images']} test images, batch {ib['batch']}): FN rate {f(ib['fn_rate'])}  "
+             f"FN softmax mass {f(ib['fn_mass'])}  cos FN {f(ib['fn_sim'], False)} / TN {f(ib['tn_sim'], False)}"]
+    for name, q in res["queues"].items():
+        line = (f"  queue {name} ({q['size']} rows): fill {f(q['fill'])}  age mean {f(q['age_mean'], False)} "
+                f"max {f(q['age_max'], False)} steps  duplicates {f(q['duplicate_rate'])}")
+        if "nn1_purity" in q:
+            qn = q["queue_negatives"]
+            line += (f"\n    nearest rows: purity top-1 {f(q['nn1_purity'])}  self-match top-1 {f(q['nn1_self_match'])};"
+                     f"  queue as negatives: FN rate {f(qn['fn_rate'])}  FN mass {f(qn['fn_mass'])}")
+        lines.append(line)
+    _print(args, res, "\n".join(lines))
     return 0
 
 
