@@ -43,3 +43,17 @@ def test_pretrain_and_eval_cli(tmp_path, capsys):
 
     res = json.loads(capsys.readouterr().out)
     assert res["bank"] == 500 and res["test"] == 200 and 10.0 < res["top1"] <= 100.0
+
+
+def test_demo_prints_result_and_baselines(tmp_path, capsys):
+    from relssl.demo import run_demo
+
+    rc = run_demo("simclr", "cpu", ["backbone.name=convnet_tiny", "data.subset=256", "data.bank_subset=500",
+                                     "data.test_subset=200", "optim.batch_size=64", "optim.epochs=1",
+                                     "optim.warmup_epochs=0", "method.proj_hidden=32", "method.proj_dim=16",
+                                     "trainer.progress_bar=false", f"output_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "relssl demo = relssl pretrain fashion_mnist/simclr" in out
+    for line in ("raw pixels (mean-centred)", "random-init convnet_tiny", "simclr after 1 epochs", "run directory:"):
+        assert line in out, out

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(sub)  # eval knn|linear|semisup|tsne, export, report
 
     d = sub.add_parser("demo", help="pretrain the default method on Fashion-MNIST and evaluate it with kNN")
-    d.add_argument("--method", default="mocov2", help="method to pretrain (default mocov2)")
+    d.add_argument("--method", default="simclr", help="method to pretrain (default simclr)")
     d.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="auto: the ResNet-18 recipe on a GPU, a small CPU budget otherwise")
     d.add_argument("overrides", nargs="*", help="key=value overrides of the chosen recipe")
