@@ -15,6 +15,14 @@ SMALL_HEADS = {
     "simclr": ["method.proj_hidden=64", "method.proj_dim=32"],
     "mocov2": ["method.proj_hidden=64", "method.proj_dim=32", "method.queue_size=256"],
     "byol": ["method.proj_hidden=64", "method.proj_dim=32", "method.pred_hidden=64"],
+    # relational distillation starts from near-collapsed embeddings: it needs the warm-up its recipes have
+    "msvq": ["method.proj_hidden=64", "method.proj_dim=32", "method.queue_size=256", "optim.warmup_epochs=1"],
+    "ressl": ["method.proj_hidden=64", "method.proj_dim=32", "method.queue_size=256", "optim.warmup_epochs=1"],
+    "msf": ["method.proj_hidden=64", "method.proj_dim=32", "method.pred_hidden=64", "method.queue_size=256"],
+    "wcl": ["method.proj_hidden=64", "method.proj_dim=32"],
+    "nnclr": ["method.proj_hidden=64", "method.proj_dim=32", "method.pred_hidden=64", "method.queue_size=256"],
+    "pnnclr": ["method.enc_hidden=64", "method.enc_dim=64", "method.proj_hidden=64", "method.proj_dim=32",
+               "method.pred_hidden=64", "method.queue_size=256"],
 }
 
 

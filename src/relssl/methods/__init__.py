@@ -14,9 +14,15 @@ from relssl.errors import ConfigError
 from relssl.methods.byol import BYOL
 from relssl.methods.common import StepInfo
 from relssl.methods.mocov2 import MoCoV2
+from relssl.methods.msf import MSF
+from relssl.methods.msvq import MSVQ
+from relssl.methods.nnclr import NNCLR
+from relssl.methods.pnnclr import PNNCLR
+from relssl.methods.ressl import ReSSL
 from relssl.methods.simclr import SimCLR
+from relssl.methods.wcl import WCL
 
-METHODS: dict[str, type] = {cls.name: cls for cls in (SimCLR, MoCoV2, BYOL)}
+METHODS: dict[str, type] = {cls.name: cls for cls in (SimCLR, MoCoV2, BYOL, WCL, MSVQ, ReSSL, MSF, NNCLR, PNNCLR)}
 
 
 def method_config(section: dict) -> dict:
@@ -42,4 +48,4 @@ def build_method(section: dict, backbone, feat_dim: int):
     return cls(backbone, feat_dim, build_dataclass(cls.Config, section, prefix="method"))
 
 
-__all__ = ["METHODS", "StepInfo", "SimCLR", "MoCoV2", "BYOL", "method_config", "build_method"]
+__all__ = ["METHODS", "StepInfo", "SimCLR", "MoCoV2", "BYOL", "WCL", "MSVQ", "ReSSL", "MSF", "NNCLR", "PNNCLR", "method_config", "build_method"]
