@@ -127,3 +127,15 @@ def test_file_backed_pretraining_equals_in_memory(tmp_path, fmnist_small):
     sb = load_checkpoint_file(f"{b['run_dir']}/checkpoints/last.ckpt")["state_dict"]
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def test_method_recipe_defaults_under_user_overrides():
+    from relssl.config import load_config
+    from relssl.engine.module import view_recipes
+
+    cfg = load_config(None, ["method.name=msvq"])
+    names, recipes = view_recipes(cfg, 32)
+    assert names == ["strong", "weak", "weak", "weak"]
+    assert recipes[0].flip_p == 0.5 and all(r.flip_p == 0.9 for r in recipes[1:])  # MSVQ's official weak flip
+    cfg = load_config(None, ["method.name=msvq", "augment.weak.flip_p=0.5"])
+    assert all(r.flip_p == 0.5 for r in view_recipes(cfg, 32)[1])  # the user's value wins

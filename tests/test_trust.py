@@ -184,6 +184,9 @@ BAD = [
     (["pretrain"], "pretrain needs a config"),
     # config that only fails against the data / the method
     (["pretrain", R, "views=[simclr]"], "views must name 2 recipes for simclr"),
+    (["pretrain", "fashion_mnist/msf", "method.queue_size=100"], "must be >= the global batch (256) for msf"),
+    (["pretrain", "fashion_mnist/msf", "method.topk=10", "method.queue_size=5"], "method.topk (10) must be <= method.queue_size (5)"),
+    (["pretrain", "fashion_mnist/pnnclr", "method.topk=20000"], "method.topk must be <= method.queue_size"),
     (["pretrain", R, "views=[strongest, simclr]"], "views:"),
     (["pretrain", R, "optim.batch_size=100000"], "larger than the pretraining set"),
     (["pretrain", R, "output_dir={root}/afile/sub"], "cannot create run directory"),

@@ -58,7 +58,9 @@ def view_recipes(cfg: Config, crop_size: int, names: list[str] | None = None):
         )
     recipes = []
     for name in names:
-        overrides = {"crop_size": crop_size, **cfg.augment.get(name, {})}
+        # the method's own recipe defaults (e.g. MSVQ's weak flip 0.9) under the user's overrides
+        overrides = {"crop_size": crop_size, **getattr(cls, "default_augment", {}).get(name, {}),
+                     **cfg.augment.get(name, {})}
         try:
             recipes.append(make_recipe(name, **overrides))
         except (ValueError, KeyError, TypeError) as err:

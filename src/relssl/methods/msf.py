@@ -85,6 +85,18 @@ class MSF(nn.Module):
                 if getattr(self, key) is not None:
                     check_positive(key, getattr(self, key))
 
+    @classmethod
+    def check_run_config(cls, cfg) -> None:
+        """The official order writes the global batch into the bank before searching it: the bank
+        must hold the whole global batch, or this step's first targets are overwritten before the
+        search and no longer find themselves."""
+        batch = cfg.optim.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes
+        if cfg.method["queue_size"] < batch:
+            raise ConfigError(
+                f"method.queue_size ({cfg.method['queue_size']}) must be >= the global batch ({batch}) for msf: "
+                "the bank receives the batch's targets before the top-k search"
+            )
+
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: "MSF.Config") -> None:
         super().__init__()
         self.cfg = cfg
