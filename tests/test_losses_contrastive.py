@@ -8,21 +8,11 @@ import pytest
 import torch
 
 from relssl.losses import moco_loss, nnclr_loss, ntxent_loss, supcon_loss
-
-E = math.e
-
-
-def t64(rows):
-    return torch.tensor(rows, dtype=torch.float64)
+from loss_helpers import E, lse, t64
 
 
 def unit_rows(x):
     return [x[i] / x[i].norm() for i in range(x.shape[0])]
-
-
-def lse(values):
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,21 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relssl.losses import connected_components, ntxent_loss, wcl_loss
-
-E = math.e
-
-
-def t64(rows):
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-def unit(x):
-    return x / x.norm()
-
-
-def lse(values):
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
+from loss_helpers import E, lse, t64, unit
 
 
 # ----------------------------------------------------------------------------------------------

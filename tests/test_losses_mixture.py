@@ -9,21 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from relssl.losses import bsim_byol_loss, bsim_infonce_loss
-
-E = math.e
-
-
-def t64(rows):
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-def unit(x):
-    return x / x.norm()
-
-
-def lse(values):
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
+from loss_helpers import E, lse, t64, unit
 
 
 def ref_bsim_infonce(q, keys, perm, lam, tau, negatives=None):

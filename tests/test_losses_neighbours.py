@@ -8,21 +8,7 @@ import pytest
 import torch
 
 from relssl.losses import pnnclr_loss, pseudo_nn
-
-E = math.e
-
-
-def t64(rows):
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-def unit(x):
-    return x / x.norm()
-
-
-def lse(values):
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
+from loss_helpers import E, lse, t64, unit
 
 
 def ref_pnn_rows(x, support, t, noise=None):

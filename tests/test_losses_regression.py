@@ -6,14 +6,7 @@ import pytest
 import torch
 
 from relssl.losses import byol_loss, byol_regression, msf_loss
-
-
-def t64(rows):
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-def unit(x):
-    return x / x.norm()
+from loss_helpers import t64, unit
 
 
 def ref_byol_direction(p, z):

@@ -9,16 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from relssl.losses import ascl_byol_loss, ascl_loss, ascl_targets, moco_loss, msvq_loss
-
-E = math.e
-
-
-def t64(rows):
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-def unit(x):
-    return x / x.norm()
+from loss_helpers import E, t64, unit
 
 
 def softmax_list(values):

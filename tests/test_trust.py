@@ -106,7 +106,6 @@ def digest(root: Path) -> dict:
 def sandbox(tmp_path_factory, fmnist_small):
     """A directory with a finished tiny run, a corrupt checkpoint, bad data and bad config files."""
     root = tmp_path_factory.mktemp("bad")
-    from relssl.config import load_config
     from relssl.engine import pretrain
     from utils import tiny_config
 

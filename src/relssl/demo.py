@@ -30,7 +30,7 @@ CPU_OVERRIDES = [
 ]
 # per method on the CPU: SimCLR with the MoCo v2 crop range (0.2-1: the 0.08 of SimCLR's own
 # recipe cuts too much of a 28-px garment for so short a run)
-CPU_METHOD_OVERRIDES = {"simclr": ["views=[strong, strong]"]}
+CPU_METHOD_OVERRIDES = {"simclr": ["views=[strong,strong]"]}
 DEFAULT_METHOD = "simclr"
 
 

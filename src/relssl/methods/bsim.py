@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from relssl.augment.mix import MIX_MODES, mix_batch, partner_permutation, sample_lambda
