@@ -18,7 +18,10 @@ and like CIFAR (N, 3, 32, 32) -> 32x32 views (the content does not change the co
     python benchmarks/augment_throughput.py --save          # and write benchmarks/results/augment_throughput_<device>.json
     python benchmarks/augment_throughput.py --batches 50 --workers 8 --compile   # on a GPU machine
 
-The default run takes well under a minute on 2 CPU cores.
+The default run takes well under a minute on 2 CPU cores. The record keeps the load
+average (and a median-batch rate for our path): on a shared machine, other processes
+stall torch's multi-threaded CPU ops badly (every op waits for its slowest thread),
+so compare runs at similar load, or pass ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _rates(times: list[float], per_batch: int) -> dict[str, float]:
-    """Views/s from per-batch times: over the whole run, and from the median batch
-    (robust to other processes briefly taking the CPU on a shared machine)."""
+    """Views/s from per-batch times: over the whole run (the headline number), and from
+    the median batch (robust to other processes briefly taking the CPU; meaningless for
+    a DataLoader, whose workers deliver batches in bursts)."""
     times = sorted(times)
     return {"total": per_batch * len(times) / sum(times), "median": per_batch / times[len(times) // 2]}
 
@@ -183,20 +187,20 @@ def main(argv: list[str] | None = None) -> dict:
             views = 1 if label == "ours" else 2
             res[label] = bench_ours(dev_images, mean, std, device, batch, args.batches * 4, views, fn)
         res["torchvision"] = bench_torchvision(cpu_images, mean, std, device, batch, args.batches, args.workers)
-        res["ratio_ours_vs_torchvision"] = {k: res["ours"][k] / res["torchvision"][k] for k in ("median", "total")}
-        res["ours_ms_per_batch_median"] = 1e3 * batch / res["ours"]["median"]
+        res["ratio_ours_vs_torchvision"] = res["ours"]["total"] / res["torchvision"]["total"]
+        res["ours_ms_per_batch"] = 1e3 * batch / res["ours"]["total"]
         record["results"][name] = res
         print(
-            f"{name:18s} ours {res['ours']['median']:>9,.0f} views/s ({res['ours_ms_per_batch_median']:.1f} ms/batch)"
-            f" | 2 views {res['ours_2views']['median']:>9,.0f}"
-            + (f" | compiled 2 views {res['ours_2views_compiled']['median']:>9,.0f}" if args.compile else "")
-            + f" | torchvision, {args.workers} workers {res['torchvision']['median']:>7,.0f}"
-            f" | ratio {res['ratio_ours_vs_torchvision']['median']:.1f}x"
-            f"  (whole-run rates: ours {res['ours']['total']:,.0f}, torchvision {res['torchvision']['total']:,.0f})",
+            f"{name:18s} ours {res['ours']['total']:>9,.0f} views/s ({res['ours_ms_per_batch']:.1f} ms/batch)"
+            f" | 2 views {res['ours_2views']['total']:>9,.0f}"
+            + (f" | compiled 2 views {res['ours_2views_compiled']['total']:>9,.0f}" if args.compile else "")
+            + f" | torchvision, {args.workers} workers {res['torchvision']['total']:>7,.0f}"
+            f" | ratio {res['ratio_ours_vs_torchvision']:.1f}x"
+            f"  (median-batch rate of ours: {res['ours']['median']:,.0f})",
             flush=True,
         )
     record["loadavg_after"] = list(os.getloadavg())
-    print(f"views/s are medians over batches; device {record['device']} ({record['device_name']}), torch {torch.__version__}, "
+    print(f"views/s over the timed batches; device {record['device']} ({record['device_name']}), torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, {record['cpu_count']} CPUs, {record['torch_threads']} torch threads, batch {batch}, "
           f"load average {record['loadavg_before'][0]:.2f} -> {record['loadavg_after'][0]:.2f}")
     if args.save:

@@ -199,6 +199,15 @@ def test_crop_fallback_is_central_with_clamped_ratio():
         assert (boxes == torch.tensor([i, j, h, w])).all()
 
 
+def test_crop_grid_equals_affine_grid():
+    from relssl.augment.geometry import _axis_aligned_grid, crop_theta
+
+    boxes = sample_crop_boxes(64, 40, 30, (0.1, 1.0), (0.5, 2.0), gen())
+    theta = crop_theta(boxes, torch.rand(64, generator=gen(1)) < 0.5, 40, 30)
+    ref = torch.nn.functional.affine_grid(theta, [64, 3, 24, 24], align_corners=False)
+    torch.testing.assert_close(_axis_aligned_grid(theta, 24, 24), ref, rtol=0, atol=1e-6)
+
+
 def _ramp(b: int, size: int) -> torch.Tensor:
     """uint8 images whose red channel increases left to right, green top to bottom."""
     xs = torch.linspace(0, 255, size).round()
