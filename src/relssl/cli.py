@@ -38,7 +38,11 @@ def _epilog() -> str:
     from relssl.methods import METHODS
     from relssl.nn import BACKBONES
 
+    from relssl.methods.plugins import PLUGINS
+
+    plugins = ", ".join(f"{name} (on {'/'.join(cls.hosts)})" for name, cls in PLUGINS.items())
     return (f"methods:   {', '.join(METHODS)}\n"
+            f"plugins:   {plugins}\n"
             f"datasets:  {', '.join(DATASETS)}\n"
             f"backbones: {', '.join(BACKBONES)}\n"
             f"views:     {', '.join(RECIPES)}\n"
@@ -46,7 +50,7 @@ def _epilog() -> str:
             "examples:\n"
             "  relssl demo\n"
             "  relssl pretrain fashion_mnist/mocov2 optim.epochs=50 trainer.knn_every=5\n"
-            "  relssl pretrain my.yaml --resume runs/fashion_mnist-mocov2-20261123-101500\n"
+            "  relssl pretrain --resume runs/fashion_mnist-mocov2-20261123-101500\n"
             "  relssl eval knn runs/fashion_mnist-mocov2-20261123-101500 --protocol all\n"
             "  relssl eval linear runs/fashion_mnist-mocov2-20261123-101500\n"
             "  relssl export runs/fashion_mnist-mocov2-20261123-101500 -o backbone.safetensors\n"

@@ -21,6 +21,7 @@ from relssl.data.core import (  # noqa: F401 - re-exported: the public names of 
     DatasetInfo,
     DatasetSplits,
     ImageDataset,
+    candidate_roots,
     check_splits,
     sized_info,
     torchvision_download,
@@ -105,17 +106,8 @@ def load_idx_dataset(root: Path, info: DatasetInfo, *, size: int | None = None,
 
 
 def _candidate_roots(name: str, root: str | None) -> list[Path]:
-    if root:
-        return [Path(root).expanduser()]
-    roots = []
-    env = os.environ.get("RELSSL_DATA")
-    if env:
-        roots.append(Path(env).expanduser() / name)
-        roots.append(Path(env).expanduser())
-    if name == "fashion_mnist":
-        roots.append(DEBIAN_FASHION_MNIST)
-    roots.append(Path.home() / ".cache" / "relssl" / name)
-    return roots
+    """Where an IDX dataset may be: core's places, plus Debian's Fashion-MNIST package."""
+    return candidate_roots(name, root, (DEBIAN_FASHION_MNIST,) if name == "fashion_mnist" else ())
 
 
 def _try_install(name: str, roots: list[Path]) -> Path | None:
