@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from relssl.losses import ascl_byol_loss, ascl_loss
 from relssl.methods.common import check_choice, check_positive
+from relssl.nn import gather_no_grad, gather_with_grad
 
 RELATIONS = ("ascl", "ahcl", "hard", "moco")
 
@@ -64,6 +66,9 @@ class ASCL(nn.Module):
             host.contrast = contrast
         elif host.name == "byol":
             def regress(p1, p2, zt1, zt2):
+                # batch-internal targets over the global batch (identity with one process)
+                p1, p2 = gather_with_grad(torch.stack([p1, p2], dim=1)).unbind(1)
+                zt1, zt2 = gather_no_grad(torch.stack([zt1, zt2], dim=1)).unbind(1)
                 return (ascl_byol_loss(p1, zt2, t2=c.t2, nn_num=c.nn_num)
                         + ascl_byol_loss(p2, zt1, t2=c.t2, nn_num=c.nn_num))
 

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
 from relssl.augment.mix import MIX_MODES, mix_batch, partner_permutation, sample_lambda
 from relssl.losses import bsim_byol_loss, bsim_infonce_loss
 from relssl.methods.common import check_choice, check_positive
+from relssl.nn import gather_no_grad, gather_with_grad, rank, world_size
 
 
 class BSIM(nn.Module):
@@ -70,13 +73,23 @@ class BSIM(nn.Module):
 
     def after_host_step(self, host, views, info, out: dict) -> dict:
         c = self.cfg
+        # Mixtures are built over the global batch (partners may sit on another process), drawn on
+        # rank 0 and broadcast; each process encodes its own rows, and the term is evaluated on the
+        # gathered global batch (every gather is the identity with one process).
         x = views[c.source_view]
-        n = x.shape[0]
+        b = x.shape[0]
+        x_all = gather_no_grad(x)
+        n = x_all.shape[0]
         perm = partner_permutation(n, c.partner, info.generator, x.device)
         lam = sample_lambda(n, c.alpha, info.generator, x.device, salt=0xB51)
-        x_mix, lam = mix_batch(x, perm, lam, c.mix, info.generator)
-        q_mix = host.encode_query(x_mix)
+        x_mix, lam = mix_batch(x_all, perm, lam, c.mix, info.generator)
+        if world_size() > 1:
+            for t in (perm, lam, x_mix):
+                dist.broadcast(t, src=0)
+        r = rank()
+        q_mix = gather_with_grad(host.encode_query(x_mix[r * b : (r + 1) * b].contiguous()))
         keys = out["_keys"]
+        keys = gather_with_grad(keys) if keys.requires_grad else gather_no_grad(keys)
         if host.name == "byol":
             term = bsim_byol_loss(q_mix, keys, perm, lam)
         else:

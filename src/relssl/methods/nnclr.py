@@ -55,7 +55,7 @@ from torch import nn
 
 from relssl.losses import nnclr_loss
 from relssl.methods.common import StepInfo, check_positive
-from relssl.nn import FeatureQueue, nnclr_predictor, nnclr_projector
+from relssl.nn import FeatureQueue, gather_no_grad, gather_with_grad, nnclr_predictor, nnclr_projector
 
 
 def neighbour_metrics(nn_labels: torch.Tensor, nn_index: torch.Tensor, labels: torch.Tensor | None,
@@ -125,7 +125,10 @@ class NNCLR(nn.Module):
         # The loss searches its support for each "projection": given the neighbours themselves and
         # the support [nn1; nn2], it finds each neighbour again, i.e. the value of
         # nnclr_loss(z1, z2, p1, p2, queue) with our (optionally self-excluding) neighbours.
-        loss = nnclr_loss(nn1, nn2, p1, p2, torch.cat([nn1, nn2]), temperature=self.cfg.temperature,
+        # The loss contrasts over the global batch (rows in rank order; identity with one process).
+        g_nn1, g_nn2 = gather_no_grad(torch.stack([nn1, nn2], dim=1)).unbind(1)
+        g_p1, g_p2 = gather_with_grad(torch.stack([p1, p2], dim=1)).unbind(1)
+        loss = nnclr_loss(g_nn1, g_nn2, g_p1, g_p2, torch.cat([g_nn1, g_nn2]), temperature=self.cfg.temperature,
                           symmetrize=self.cfg.symmetrize)
         idx = torch.stack([idx1, idx2])  # (2, B); metadata read before the write below
         metrics = neighbour_metrics(self.queue.labels[idx], self.queue.index[idx], info.labels, info.index)

@@ -78,7 +78,7 @@ from relssl.errors import ConfigError
 from relssl.losses import pnnclr_loss
 from relssl.methods.common import StepInfo, check_choice, check_momentum, check_positive
 from relssl.methods.nnclr import neighbour_metrics
-from relssl.nn import FeatureQueue, ema_update, make_teacher, mlp
+from relssl.nn import FeatureQueue, ema_update, gather_no_grad, gather_with_grad, make_teacher, mlp
 
 
 def pnnclr_encoder_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -147,7 +147,8 @@ class PNNCLR(nn.Module):
             _, idx = self.queue.nearest(torch.cat([a, b]).float())
             idx = idx.view(2, -1)
             stored = (self.queue.labels[idx], self.queue.index[idx])  # before the write below
-        loss = pnnclr_loss(a, b, self.queue.features, temperature=cfg.temperature, t=cfg.t,
+        # the four blocks span the global batch (rows in rank order; identity with one process)
+        loss = pnnclr_loss(gather_with_grad(a), gather_no_grad(b), self.queue.features, temperature=cfg.temperature, t=cfg.t,
                            reduction=cfg.reduction, topk=cfg.topk, t_min=cfg.t_min,
                            noise_std=cfg.noise_std if cfg.noise else None, generator=info.generator)
         self.queue.enqueue(a, index=info.index, labels=info.labels, step=info.step)

@@ -15,7 +15,7 @@ from torch import nn
 
 from relssl.losses import ntxent_loss
 from relssl.methods.common import StepInfo, check_positive
-from relssl.nn import simclr_head
+from relssl.nn import gather_with_grad, simclr_head
 
 
 class SimCLR(nn.Module):
@@ -47,7 +47,10 @@ class SimCLR(nn.Module):
         x1, x2 = views
         z = self.online(torch.cat([x1, x2]))  # one forward: both views share BN statistics
         z1, z2 = z.chunk(2)
-        loss = ntxent_loss(z1, z2, temperature=self.cfg.temperature)
+        # NT-Xent over the global batch (rows in rank order; identity with one process): with the
+        # summing backward of gather_with_grad and DDP's averaging, the gradient is one process's
+        g1, g2 = gather_with_grad(torch.stack([z1, z2], dim=1)).unbind(1)
+        loss = ntxent_loss(g1, g2, temperature=self.cfg.temperature)
         return {"loss": loss, "_keys": z2}  # "_keys": view 2's embeddings, for plug-ins (BSIM)
 
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
