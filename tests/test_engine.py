@@ -1,5 +1,6 @@
 """End to end: pretrain each method briefly on a few hundred real Fashion-MNIST images."""
 
+import math
 import json
 
 import lightning as L
@@ -11,6 +12,36 @@ from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.errors import CheckpointError, ConfigError, TrainingError
 
 from utils import SMALL_HEADS, read_metrics, tiny_config
+
+
+def _column(rows, key):
+    return torch.tensor([float(r[key]) for r in rows if r.get(key)])
+
+
+def _check_soft_targets(rows, losses, per_epoch):
+    # MSVQ / ReSSL: the teachers' soft labels sharpen (the embeddings spread instead of collapsing)
+    entropy = _column(rows, "train/target_entropy")
+    assert len(entropy) == len(losses) and entropy.max() <= math.log(256) + 1e-4
+    by_epoch = entropy.view(4, -1).mean(dim=1)
+    assert by_epoch[3] < by_epoch[1] - 0.05, by_epoch.tolist()
+
+
+def _check_msf(rows, losses, per_epoch):
+    by_epoch = losses.view(4, -1).mean(dim=1)
+    assert by_epoch[3] < by_epoch[0] - 0.05, by_epoch.tolist()
+    purity = _column(rows, "train/purity")
+    assert len(purity) == len(losses) and ((purity > 0) & (purity <= 1)).all()
+
+
+def _check_nn_purity(rows, losses, per_epoch):
+    # Fashion-MNIST is balanced: a class-blind neighbour agrees about 10% of the time
+    purity = _column(rows, "train/nn_purity")
+    assert len(purity) == 4 * per_epoch and (purity[torch.isfinite(purity)] >= 0).all()
+    assert purity[-per_epoch:].mean() > 0.12, purity.tolist()
+
+
+METHOD_CHECKS = {"msvq": _check_soft_targets, "ressl": _check_soft_targets, "msf": _check_msf,
+                 "nnclr": _check_nn_purity, "pnnclr": _check_nn_purity}
 
 
 @pytest.mark.parametrize("method", sorted(SMALL_HEADS))
@@ -28,6 +59,8 @@ def test_pretrain_learns(method, tmp_path, fmnist_small):
     assert res["knn_last_top1"] > 30.0  # chance is 10%
     assert res["knn_init_top1"] is not None
     assert res["steps"] == 4 * per_epoch
+    if method in METHOD_CHECKS:  # the method's own monitoring metrics, from the same run
+        METHOD_CHECKS[method](rows, losses, per_epoch)
     # run directory layout
     run = res["run_dir"]
     for name in ("config.yaml", "metrics.csv", "log.txt", "results.json", "checkpoints/last.ckpt",

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relssl.engine import pretrain
 from relssl.errors import ConfigError
 from relssl.losses import msvq_loss
 from relssl.methods import METHODS, StepInfo, method_config
@@ -14,7 +13,6 @@ from relssl.methods.msvq import MSVQ, relation_ce, relation_targets
 from relssl.methods.ressl import ReSSL
 from relssl.nn import build_backbone
 
-from utils import read_metrics, tiny_config
 
 N = 8  # batch
 
@@ -177,20 +175,3 @@ def test_options_are_checked():
             method_config({"name": "msvq", **bad})
     with pytest.raises(ConfigError, match="method.momentum must be in"):
         method_config({"name": "ressl", "momentum": -0.1})
-
-
-@pytest.mark.parametrize("method", ["msvq", "ressl"])
-def test_learns_end_to_end(method, tmp_path, fmnist_small):
-    res = pretrain(tiny_config(method, tmp_path, "optim.epochs=4", "optim.lr=0.05"), splits=fmnist_small, quiet=True)
-    rows = read_metrics(res["run_dir"])
-    losses = torch.tensor([float(r["loss"]) for r in rows if r.get("loss")])
-    assert len(losses) == 4 * (600 // 64) and torch.isfinite(losses).all()
-    # the loss first rises while the random queues fill with real keys (epoch 0), then falls
-    by_epoch = losses.view(4, -1).mean(dim=1)
-    assert by_epoch[3] < by_epoch[:2].max() - 0.05, by_epoch.tolist()
-    # ... because the teachers' soft labels sharpen: the embeddings spread out instead of collapsing
-    entropy = torch.tensor([float(r["train/target_entropy"]) for r in rows if r.get("train/target_entropy")])
-    assert len(entropy) == len(losses) and entropy.max() <= math.log(256) + 1e-4
-    by_epoch = entropy.view(4, -1).mean(dim=1)
-    assert by_epoch[3] < by_epoch[1] - 0.05, by_epoch.tolist()
-    assert res["knn_last_top1"] > 30.0  # chance is 10%
