@@ -124,6 +124,31 @@ def test_nan_loss_stops_with_step_named(tmp_path, fmnist_small, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+def test_skipped_steps_do_not_move_the_teacher(tmp_path, fmnist_small, monkeypatch):
+    """A skipped step changes nothing: no optimizer update and no EMA update of the teacher."""
+    from relssl.methods.mocov2 import MoCoV2
+
+    orig, ema_steps = MoCoV2.training_step, []
+    orig_after = MoCoV2.after_optimizer_step
+
+    def bad(self, views, info):
+        out = orig(self, views, info)
+        if info.step >= 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    def after(self, info):
+        ema_steps.append(info.step)
+        return orig_after(self, info)
+
+    monkeypatch.setattr(MoCoV2, "training_step", bad)
+    monkeypatch.setattr(MoCoV2, "after_optimizer_step", after)
+    cfg = tiny_config("mocov2", tmp_path, "optim.epochs=1", "trainer.nan_policy=skip", "trainer.knn_every=0",
+                      "trainer.knn_at_start=false")
+    pretrain(cfg, splits=fmnist_small, quiet=True)
+    assert ema_steps == [1, 2]  # after the two good optimizer steps only
+
+
 def test_resume_errors(tmp_path, fmnist_small):
     with pytest.raises(ConfigError, match="no config.yaml"):
         pretrain(None, splits=fmnist_small, resume=tmp_path)

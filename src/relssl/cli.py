@@ -101,7 +101,10 @@ def cmd_pretrain(args) -> int:
             raise ConfigError("pretrain needs a config: relssl pretrain fashion_mnist/mocov2 [key=value ...]")
         cfg = load_config(resolve_recipe(args.config), args.overrides)
         res = pretrain(cfg)
-    print_summary(res)
+    from relssl.nn import rank
+
+    if rank() == 0:  # under DDP every process runs this command (the process group outlives fit); one summary
+        print_summary(res)
     return 0
 
 

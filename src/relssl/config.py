@@ -124,6 +124,10 @@ class TrainerConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     nan_policy: str = "stop"  # stop | skip: what a non-finite loss does
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    diagnose_every: int = 50  # false-negative diagnostics every N steps when labels exist (0 = never)
+    # BatchNorm statistics over all processes (torch's SyncBatchNorm; GPUs only): Lightning converts
+    # every BatchNorm of the model, teachers included, when DDP starts; a no-op with one process
+    sync_batchnorm: bool = False
 
     def validate(self) -> None:
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
@@ -144,6 +148,8 @@ class TrainerConfig:
             raise ConfigError("trainer.devices and trainer.num_nodes must be >= 1")
         if self.checkpoint_every < 1:
             raise ConfigError(f"trainer.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.diagnose_every < 0:
+            raise ConfigError(f"trainer.diagnose_every must be >= 0 (0 = never), got {self.diagnose_every}")
 
 
 @dataclass
@@ -313,6 +319,10 @@ def read_yaml(path: str | Path) -> dict:
 def config_from_dict(raw: dict) -> Config:
     """Build and fully validate a Config (method and augmentation sections included)."""
     cfg = build_dataclass(Config, raw)
+    if cfg.trainer.sync_batchnorm and cfg.backbone.bn_splits > 1:
+        raise ConfigError(f"trainer.sync_batchnorm=true cannot be combined with "
+                          f"backbone.bn_splits={cfg.backbone.bn_splits} (SplitBatchNorm); "
+                          "set backbone.bn_splits=1 or trainer.sync_batchnorm=false")
     # the method section: checked against the method's own Config dataclass
     from relssl.methods import method_config  # late import: methods import config helpers
 

@@ -5,6 +5,10 @@ Every ``every`` epochs (and after the last one) the backbone's features of the b
 kNN top-1 / top-5 (k = 200, T = 0.1 by default) is logged as ``knn_top1`` / ``knn_top5``; the best
 checkpoint is chosen by ``knn_top1``. At the start of a fresh run the randomly initialised
 backbone is evaluated the same way (``knn_init_top1``): the baseline a trained model must beat.
+
+Under DDP the evaluation runs on rank 0 only and its result is broadcast to the other ranks, which
+wait: every rank logs and records the same numbers, so the best-checkpoint decision (which all
+ranks must agree on) is the same everywhere.
 """
 
 from __future__ import annotations
@@ -45,9 +49,14 @@ class KNNMonitor(L.Callback):
                            k=self.k, t=self.t)
         return {"top1": acc["top1"], "top5": acc["top5"], "seconds": time.perf_counter() - t0}
 
+    def evaluate_on_rank_zero(self, trainer, pl_module) -> dict:
+        """:meth:`evaluate` on rank 0, its result given to every rank (all ranks must call this)."""
+        res = self.evaluate(pl_module) if trainer.is_global_zero else None
+        return trainer.strategy.broadcast(res, src=0)
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.at_start and trainer.global_step == 0 and self.init_result is None and trainer.is_global_zero:
-            self.init_result = self.evaluate(pl_module)
+        if self.at_start and trainer.global_step == 0 and self.init_result is None:
+            self.init_result = self.evaluate_on_rank_zero(trainer, pl_module)
             pl_module.print(f"relssl: kNN of the randomly initialised backbone: top-1 {self.init_result['top1']:.2f}%")
             for logger in trainer.loggers:
                 logger.log_metrics({"knn_init_top1": self.init_result["top1"]}, step=0)
@@ -57,7 +66,8 @@ class KNNMonitor(L.Callback):
         last = epoch >= trainer.max_epochs or (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps)
         if not (self.every and epoch % self.every == 0) and not last:
             return
-        res = self.evaluate(pl_module)
+        res = self.evaluate_on_rank_zero(trainer, pl_module)
         self.history.append({"epoch": epoch, "step": trainer.global_step, **res})
-        pl_module.log("knn_top1", res["top1"], prog_bar=True, on_step=False, on_epoch=True)
-        pl_module.log("knn_top5", res["top5"], on_step=False, on_epoch=True)
+        # the same value on every rank: the mean over the ranks (sync_dist) is that value
+        pl_module.log("knn_top1", res["top1"], prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log("knn_top5", res["top5"], on_step=False, on_epoch=True, sync_dist=True)

@@ -45,22 +45,39 @@ def build_backbone_from_config(cfg: Config, channels: int, maxpool_default: bool
 
 def view_recipes(cfg: Config, crop_size: int, names: list[str] | None = None):
     """The recipes of the views: ``cfg.views`` if set, else ``names`` (a method's choice for the
-    current epoch), else the method's ``default_views``."""
+    current epoch), else the method's ``default_views``.
+
+    A method may take views beyond its ``default_views`` that depend on its config (WCL's
+    low-resolution multi-crops): its classmethod ``extra_views(method_section, crop_size,
+    main_names)`` returns one ``(preset, overrides)`` pair per extra view, appended after the main
+    views; those overrides (e.g. ``crop_size``, ``crop_scale``) win over ``augment.<preset>``. The
+    names may then list the main views only (the extras get the method's presets) or the main
+    views followed by one preset per extra view. Views may differ in size (``make_views`` groups
+    them by size)."""
     cls = METHODS[cfg.method["name"]]
     if cfg.views is not None:
         names = list(cfg.views)
     elif names is None:
         names = list(cls.default_views)
-    if len(names) != len(cls.default_views):
+    n_main = len(cls.default_views)
+    extra_views = getattr(cls, "extra_views", None)
+    extras = [] if extra_views is None or len(names) < n_main else list(
+        extra_views(cfg.method, crop_size, list(names[:n_main])))
+    if len(names) == n_main:
+        names = names + [preset for preset, _ in extras]
+    elif not extras or len(names) != n_main + len(extras):
+        also = f", or {n_main} + {len(extras)} with one preset per extra view" if extras else ""
         raise ConfigError(
-            f"views must name {len(cls.default_views)} recipes for {cls.name} "
-            f"(default {list(cls.default_views)}), got {names}"
+            f"views must name {n_main} recipes for {cls.name} "
+            f"(default {list(cls.default_views)}){also}, got {names}"
         )
+    per_view = [{}] * n_main + [dict(overrides) for _, overrides in extras]
     recipes = []
-    for name in names:
-        # the method's own recipe defaults (e.g. MSVQ's weak flip 0.9) under the user's overrides
+    for name, extra in zip(names, per_view):
+        # the method's own recipe defaults (e.g. MSVQ's weak flip 0.9) under the user's overrides,
+        # then what the method fixes for its extra views
         overrides = {"crop_size": crop_size, **getattr(cls, "default_augment", {}).get(name, {}),
-                     **cfg.augment.get(name, {})}
+                     **cfg.augment.get(name, {}), **extra}
         try:
             recipes.append(make_recipe(name, **overrides))
         except (ValueError, KeyError, TypeError) as err:
@@ -97,7 +114,12 @@ class PretrainModule(L.LightningModule):
         self.train_labels = pre.labels
         self.splits = splits
         self._pending_loss: torch.Tensor | None = None
+        if any(getattr(p, "uses_labels", False) for p in self.plugins) and self.train_labels is None:
+            raise ConfigError(f"plugin mask_false_negatives trains on class labels, but the pretraining split of "
+                              f"{cfg.data.dataset} has none; remove the plug-in or use a labelled dataset")
         self._pending_step = 0
+        self._drop_update = False  # a step skipped on every rank under DDP (nan_policy=skip)
+        self._skipped = False  # this step was skipped: no EMA update after it either
         self.steps_per_epoch = len(pre) // (cfg.optim.batch_size * max(1, self._world_size_hint()))
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -141,8 +163,34 @@ class PretrainModule(L.LightningModule):
     def _step_info(self, idx: torch.Tensor | None, generator: torch.Generator | None) -> StepInfo:
         step = self.global_step
         labels = None if (self.train_labels is None or idx is None) else self.train_labels[idx]
+        every = self.cfg.trainer.diagnose_every
         return StepInfo(step=step, progress=min(1.0, step / max(1, self.total_steps)), index=idx,
-                        labels=labels, generator=generator)
+                        labels=labels, generator=generator,
+                        diagnose=bool(every) and labels is not None and step % every == 0)
+
+    def _log_diagnostics(self, out: dict, info: StepInfo) -> None:
+        """Log the false-negative diagnostics of this step as ``diag/<key>`` (issue #13).
+
+        The method's own (``out["_diag"]``, see ``relssl.methods.diagnose``) and the health of
+        every queue. Written straight to the loggers at this step (Lightning's ``self.log``
+        would drop steps off its ``log_every_n_steps`` grid); one host sync per diagnostic step.
+        The cost is measured by ``benchmarks/diagnostics_overhead.py``.
+        """
+        from relssl.methods.diagnose import queue_health
+        from relssl.nn import FeatureQueue
+
+        values = dict(out.get("_diag") or {})
+        for name, module in self.method.named_modules():
+            if isinstance(module, FeatureQueue):
+                values.update(queue_health(name.replace(".", "_"), module, info))
+        if not values:
+            return
+        keys = list(values)
+        flat = torch.stack([values[k].detach().float().reshape(()).to(self.device) for k in keys]).cpu().tolist()
+        metrics = {f"diag/{k}": v for k, v in zip(keys, flat)}
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(metrics, step=info.step)
 
     def training_step(self, batch, batch_idx: int):
         self._check_pending_loss()
@@ -160,11 +208,23 @@ class PretrainModule(L.LightningModule):
         out = self.method.training_step(views, info)
         for plugin in self.plugins:
             out = plugin.after_host_step(self.method, views, info, out)
+        if info.diagnose:
+            self._log_diagnostics(out, info)
         loss = out["loss"]
         if self.cfg.trainer.nan_policy == "skip":
-            if not torch.isfinite(loss).item():
+            finite = bool(torch.isfinite(loss).item())
+            if self.trainer.world_size > 1:  # all ranks skip together: one skipping alone hangs DDP
+                finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+            if not finite:
                 self.print(f"relssl: non-finite loss at step {self.global_step} ({self.cfg.method['name']}); step skipped")
                 self.log("skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+                self._skipped = True
+                if self.trainer.world_size > 1:
+                    # Lightning refuses None under DDP: back-propagate a zero that reaches every trainable
+                    # parameter (DDP's gradient all-reduce completes on every rank), then drop the update
+                    # in on_before_optimizer_step, as one process does
+                    self._drop_update = True
+                    return sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
                 return None
         else:
             # checked one step later, so the check never stalls the device pipeline
@@ -177,10 +237,20 @@ class PretrainModule(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._drop_update:  # no gradients: the optimizer leaves every parameter and its state alone
+            optimizer.zero_grad(set_to_none=True)
+            self._drop_update = False
+
     def _check_pending_loss(self) -> None:
-        if self._pending_loss is not None and not torch.isfinite(self._pending_loss).item():
+        finite = self._pending_loss is None or bool(torch.isfinite(self._pending_loss).item())
+        if self._pending_loss is not None and self.trainer.world_size > 1:
+            # every rank stops together: one stopping alone would leave the others waiting in a collective
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             step, self._pending_loss = self._pending_step, None
-            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+            cb = self.trainer.checkpoint_callback  # last.ckpt's: no monitor, so its file is its "best" path
+            ckpt = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "") or "none yet"
             raise TrainingError(
                 f"non-finite loss at step {step} ({self.cfg.method['name']}); last good checkpoint: {ckpt}; "
                 "lower optim.lr, check the data, or set trainer.nan_policy=skip"
@@ -188,7 +258,8 @@ class PretrainModule(L.LightningModule):
         self._pending_loss = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if outputs is None:
+        if outputs is None or self._skipped:  # Lightning hands a skipped step's hook {} (not None)
+            self._skipped = False
             return
         # global_step has already advanced past the optimizer step that just ran
         info = StepInfo(step=self.global_step, progress=min(1.0, self.global_step / max(1, self.total_steps)))

@@ -28,7 +28,7 @@ from relssl.data import DatasetSplits, load_dataset
 from relssl.engine.callbacks import KNNMonitor
 from relssl.engine.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from relssl.engine.module import PretrainModule
-from relssl.errors import ConfigError, DataError
+from relssl.errors import ConfigError, DataError, TrainingError
 
 log = logging.getLogger("relssl")
 
@@ -81,6 +81,51 @@ def make_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
+# rank 0's run directory, handed to the processes Lightning's launcher starts (they re-run the command)
+RUN_DIR_ENV = "RELSSL_RUN_DIR"
+# where launchers announce a process's rank before any process group exists (Lightning, torchrun, SLURM, LSF)
+_RANK_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def launched_as_rank_zero(cfg: Config) -> bool:
+    """Whether this process is global rank 0 of its run, judged from the launcher's environment.
+
+    Only rank 0 creates and writes the run directory (``config.yaml``, ``log.txt``, checkpoints,
+    logs, ``results.json``). A single-process run is always rank 0, whatever the environment.
+    """
+    if cfg.trainer.devices * cfg.trainer.num_nodes == 1:
+        return True
+    for key in _RANK_ENV:
+        value = os.environ.get(key, "").strip()
+        if value.isdigit() and int(value) != 0:
+            return False
+    return True
+
+
+def check_sync_batchnorm(cfg: Config, accelerator: str) -> bool:
+    """``trainer.sync_batchnorm``, checked against the processes and device of this run."""
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    if cfg.trainer.sync_batchnorm and accelerator == "cpu" and world > 1:
+        raise ConfigError(f"trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm does not run on the CPU) "
+                          f"but this run has {world} CPU processes; set trainer.sync_batchnorm=false or "
+                          "trainer.accelerator=gpu")
+    return cfg.trainer.sync_batchnorm
+
+
+def _wait_for_launched_processes(trainer: L.Trainer, timeout: float = 300.0) -> None:
+    """Rank 0 of a run Lightning launched itself waits for the other local processes to exit."""
+    procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+    for local_rank, proc in enumerate(procs, start=1):
+        try:
+            code = proc.wait(timeout=timeout)
+        except Exception:  # noqa: BLE001 - a process that does not exit is reported, not waited for forever
+            log.warning("process of local rank %d has not exited %.0f s after training", local_rank, timeout)
+            continue
+        if code != 0:
+            raise TrainingError(f"the process of local rank {local_rank} exited with code {code}; "
+                                "see its messages above")
+
+
 def _setup_file_log(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -125,6 +170,8 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         torch.set_num_threads(cfg.trainer.threads)
     accelerator = resolve_accelerator(cfg)
     precision = resolve_precision(cfg, accelerator)
+    sync_batchnorm = check_sync_batchnorm(cfg, accelerator)
+    rank_zero = launched_as_rank_zero(cfg)
     if splits is None:
         splits = load_data(cfg)
     if splits.bank.labels is None or splits.test.labels is None:
@@ -135,10 +182,15 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = PretrainModule(cfg, splits)
-    if resume is None:
+    if resume is None and rank_zero:
         run_dir = make_run_dir(cfg)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
-    handler = _setup_file_log(run_dir)
+    elif resume is None:
+        # another rank: rank 0 made the directory. Lightning's launcher passes it on; under an external
+        # launcher (SLURM, torchrun) this guess is only a placeholder: nothing here is written by this
+        # process, and the checkpoint callbacks take rank 0's directory when the processes meet.
+        run_dir = Path(os.environ.get(RUN_DIR_ENV) or Path(cfg.output_dir).expanduser() / (cfg.name or "unnamed"))
+    handler = _setup_file_log(run_dir) if rank_zero else None
     log.info("run directory %s; method %s; accelerator %s; precision %s", run_dir, cfg.method["name"], accelerator, precision)
 
     callbacks: list = list(extra_callbacks or [])
@@ -151,9 +203,11 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
                          at_start=cfg.trainer.knn_at_start)
         callbacks.append(knn)
     ckpt_dir = run_dir / "checkpoints"
-    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
-                                     every_n_epochs=cfg.trainer.checkpoint_every, save_on_train_epoch_end=True,
-                                     enable_version_counter=False))
+    # under DDP every rank holds these callbacks; they take rank 0's directory, and only rank 0 writes
+    last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
+                                every_n_epochs=cfg.trainer.checkpoint_every, save_on_train_epoch_end=True,
+                                enable_version_counter=False)
+    callbacks.append(last_ckpt)
     if knn is not None and cfg.trainer.knn_every:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="knn_top1", mode="max",
                                          save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False))
@@ -166,7 +220,15 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar and not quiet,
         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
         default_root_dir=run_dir, benchmark=accelerator == "gpu", deterministic=False,
+        sync_batchnorm=sync_batchnorm,
     )
+    if trainer.world_size > 1:
+        log.info("world size %d (%d devices x %d nodes); global batch %d; sync_batchnorm %s", trainer.world_size,
+                 cfg.trainer.devices, cfg.trainer.num_nodes, cfg.optim.batch_size * trainer.world_size, sync_batchnorm)
+    # the processes Lightning launches re-run this command: they take rank 0's run directory from here
+    previous_env = os.environ.get(RUN_DIR_ENV)
+    if rank_zero:
+        os.environ[RUN_DIR_ENV] = str(run_dir)
     t0 = time.perf_counter()
     try:
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
@@ -174,15 +236,27 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         warnings.filterwarnings("ignore", message=".*monitor='knn_top1'.*could not find the monitored key.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if trainer.is_global_zero:
+            _wait_for_launched_processes(trainer)
     finally:
-        for name in ("relssl", "lightning.pytorch"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+        if rank_zero:
+            if previous_env is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = previous_env
+        if handler is not None:
+            for name in ("relssl", "lightning.pytorch"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
     wall = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        run_dir = Path(last_ckpt.dirpath).parent  # rank 0's, shared when the processes met
     results = {
         "run_dir": str(run_dir), "method": cfg.method["name"], "dataset": cfg.data.dataset,
         "backbone": cfg.backbone.name, "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
         "wall_seconds": round(wall, 2),
+        # a label-oracle control (plugins: [mask_false_negatives]) trains on class labels
+        "uses_labels": any(getattr(p, "uses_labels", False) for p in module.plugins),
         "knn_init_top1": knn.init_result["top1"] if knn and knn.init_result else None,
         "knn_last_top1": knn.history[-1]["top1"] if knn and knn.history else None,
         "knn_last_top5": knn.history[-1]["top5"] if knn and knn.history else None,
@@ -190,5 +264,6 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         "knn_history": knn.history if knn else [],
         "environment": environment(),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if trainer.is_global_zero:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results

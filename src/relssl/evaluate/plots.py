@@ -251,3 +251,54 @@ def plot_curves(metrics_csv: str | Path, path: str | Path, title: str = "") -> P
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- diagnostics over training
+
+# panels of plot_diagnostics: (title, y label, does a diag/ key belong here)
+DIAG_PANELS = (
+    ("false negatives", "share", lambda k: k.endswith(("_fn_rate", "_fn_mass"))),
+    ("cosine of negatives", "cosine", lambda k: k.endswith(("_fn_sim", "_tn_sim"))),
+    ("soft targets: mass on the class", "share", lambda k: k.endswith(("_same_mass", "_same_share"))),
+    ("soft targets: entropy", "nats", lambda k: k.endswith("_entropy")),
+    ("weak-label graph", "share / size", lambda k: k.startswith("graph_comp_")),
+    ("queues: staleness", "steps", lambda k: k.endswith(("_age_mean", "_age_max"))),
+    ("queues: self-copies and duplicates", "share", lambda k: k.endswith(("_stale_self", "_duplicate_rate"))),
+    ("BSIM: mixture vs its sources (per lambda bin)", "cosine / corr", lambda k: k.startswith("bsim_")),
+)
+
+
+def diagnostic_keys(rows) -> list[str]:
+    """The ``diag/<key>`` columns present in parsed metrics rows, without the prefix, sorted."""
+    return sorted({k[5:] for r in rows for k in r if k.startswith("diag/")})
+
+
+def plot_diagnostics(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path:
+    """The false-negative diagnostics logged during training (``diag/*`` columns of ``metrics.csv``,
+    every ``trainer.diagnose_every`` steps), one panel per family, against the step."""
+    rows = read_metrics_csv(metrics_csv)
+    keys = diagnostic_keys(rows)
+    if not keys:
+        raise DataError(f"{metrics_csv} has no diag/ column: the run logged no diagnostics "
+                        "(trainer.diagnose_every=0, or a dataset without labels)")
+    panels = [(t, y, [k for k in keys if pick(k)]) for t, y, pick in DIAG_PANELS]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        raise DataError(f"{metrics_csv}: no diag/ column belongs to a known panel")
+    cols = min(3, len(panels))
+    nrows = (len(panels) + cols - 1) // cols
+    fig = _figure(4.8 * cols, 3.4 * nrows)
+    for i, (name, ylabel, members) in enumerate(panels):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        for key in members:
+            xs, ys = _series(rows, f"diag/{key}", "step")
+            ax.plot(xs, ys, "o-", ms=2, lw=1, label=key)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

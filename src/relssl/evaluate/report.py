@@ -2,7 +2,8 @@
 
 It gathers what a run directory holds: ``config.yaml``, ``results.json`` (pretraining and the
 kNN monitor), ``metrics.csv`` (drawn as ``curves.png``: loss, learning rate, kNN top-1 per
-epoch) and every evaluation the ``relssl eval`` commands saved in ``eval/`` (``*.json`` and
+epoch; its ``diag/*`` columns, the false-negative diagnostics logged during training, as
+``diagnostics.png`` with a table) and every evaluation the ``relssl eval`` commands saved in ``eval/`` (``*.json`` and
 their PNGs: confusion matrices, t-SNE / UMAP plots). Numbers chosen on the test set (best over
 epochs) are marked as optimistic; the baselines (random init, raw pixels) stand beside them.
 """
@@ -10,6 +11,7 @@ epochs) are marked as optimistic; the baselines (random init, raw pixels) stand 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -113,9 +115,28 @@ def _embedding_section(res: dict, path: Path, run_dir: Path) -> list[str]:
     return lines
 
 
+def _diagnostics_section(rows, keys, run_dir: Path, title: str, plot) -> list[str]:
+    """False-negative diagnostics logged during training: a PNG and first / last / mean per key."""
+    lines = ["## False-negative diagnostics during training", "",
+             "Logged every `trainer.diagnose_every` steps from the training batch (labels used for monitoring "
+             "only); see docs/evaluation.md, \"Diagnostics\".", ""]
+    try:
+        png = plot(run_dir / "metrics.csv", run_dir / "diagnostics.png", title=title)
+        lines += [f"![diagnostics]({png.name})", ""]
+    except DataError as err:
+        lines += [f"(not drawn: {err})", ""]
+    table = []
+    for key in keys:
+        vals = [r[f"diag/{key}"] for r in rows if f"diag/{key}" in r and math.isfinite(r[f"diag/{key}"])]
+        if vals:
+            table.append([key, len(vals)] + [f"{v:.4g}" for v in (vals[0], vals[-1], sum(vals) / len(vals))])
+    lines += _table(["diagnostic", "times logged", "first", "last", "mean"], table) + [""]
+    return lines
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` (and ``curves.png``) into ``run_dir``; returns the report's path."""
-    from relssl.evaluate.plots import plot_curves
+    from relssl.evaluate.plots import diagnostic_keys, plot_curves, plot_diagnostics, read_metrics_csv
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / "config.yaml").is_file() or (run_dir / "results.json").is_file()):
@@ -137,6 +158,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                       f"{_fmt(results.get('wall_seconds'), 0)} s of training.")
     else:
         lines += ["", "No `results.json`: the run has not finished (or was interrupted)."]
+    if results.get("uses_labels"):
+        lines += ["", "**Label-oracle control: this run trained on class labels** (plug-in "
+                  "`mask_false_negatives`); it is an upper bound, not a self-supervised result."]
     lines.append("")
 
     headline: list[list] = []
@@ -182,6 +206,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             lines += ["## Training curves", "", f"![training curves]({png.name})", ""]
         except DataError as err:
             lines += ["## Training curves", "", f"(not drawn: {err})", ""]
+        rows = read_metrics_csv(metrics)
+        keys = diagnostic_keys(rows)
+        if keys:
+            lines += _diagnostics_section(rows, keys, run_dir, f"{method} on {dataset}", plot_diagnostics)
 
     if sections:
         lines += ["## Evaluations", ""] + sections

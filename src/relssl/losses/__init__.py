@@ -17,6 +17,9 @@ module                 functions
 ``graph``              connected_components, wcl_loss
 ``neighbours``         pseudo_nn, pnnclr_loss
 ``mixture``            bsim_infonce_loss, bsim_byol_loss
+``oracle``             oracle_ntxent_loss, oracle_moco_loss, oracle_nnclr_loss,
+                       oracle_pnnclr_loss, masked_infonce (label-oracle controls: they
+                       train on class labels; not self-supervised)
 =====================  ================================================================
 """
 
@@ -25,6 +28,13 @@ from relssl.losses.contrastive import moco_loss, nnclr_loss, ntxent_loss, supcon
 from relssl.losses.graph import connected_components, wcl_loss
 from relssl.losses.mixture import bsim_byol_loss, bsim_infonce_loss
 from relssl.losses.neighbours import pnnclr_loss, pseudo_nn
+from relssl.losses.oracle import (
+    masked_infonce,
+    oracle_moco_loss,
+    oracle_nnclr_loss,
+    oracle_ntxent_loss,
+    oracle_pnnclr_loss,
+)
 from relssl.losses.regression import byol_loss, byol_regression, msf_loss
 from relssl.losses.relational import ascl_byol_loss, ascl_loss, ascl_targets, msvq_loss
 
@@ -47,4 +57,9 @@ __all__ = [
     "pnnclr_loss",
     "bsim_infonce_loss",
     "bsim_byol_loss",
+    "masked_infonce",
+    "oracle_ntxent_loss",
+    "oracle_moco_loss",
+    "oracle_nnclr_loss",
+    "oracle_pnnclr_loss",
 ]

@@ -31,8 +31,8 @@ __all__ = ["moco_loss", "ntxent_loss", "supcon_loss", "nnclr_loss"]
 # ----------------------------------------------------------------------------------------------
 
 
-def _ntxent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
-    """NT-Xent on validated inputs (shared with ``wcl_loss``)."""
+def _ntxent_logits(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """NT-Xent logits (2N, 2N) with -inf on the diagonal, and each row's target column."""
     dtype = compute_dtype(z1, z2)
     n = z1.shape[0]
     z = torch.cat([l2n(z1, dtype), l2n(z2, dtype)], dim=0)  # (2N, D)
@@ -40,8 +40,12 @@ def _ntxent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     idx = torch.arange(n, device=z.device)
-    targets = torch.cat([idx + n, idx])
-    return F.cross_entropy(logits, targets)
+    return logits, torch.cat([idx + n, idx])
+
+
+def _ntxent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """NT-Xent on validated inputs (shared with ``wcl_loss``)."""
+    return F.cross_entropy(*_ntxent_logits(z1, z2, temperature))
 
 
 @full_precision

@@ -154,7 +154,20 @@ def pnnclr_loss(a: Tensor, b: Tensor, support: Tensor, temperature: float = 0.1,
     Returns:
         Scalar. Gradient flows into ``a`` only.
     """
-    fn = "pnnclr_loss"
+    logits, targets = _pnnclr_logits("pnnclr_loss", a, b, support, temperature, t, noises, reduction, topk=topk,
+                                     t_min=t_min, noise_std=noise_std, generator=generator)
+    per_row = F.cross_entropy(logits, targets, reduction="none")
+    return reduce(per_row, reduction)
+
+
+def _pnnclr_logits(fn: str, a: Tensor, b: Tensor, support: Tensor, temperature: float,
+                   t: float | Tensor, noises: Sequence[Tensor | None] | None, reduction: str, *, topk: int,
+                   t_min: float | None, noise_std: float | None,
+                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Validate the arguments of a pNNCLR call; return its logits (4B, B) and targets (4B,).
+
+    Row r of block ``r // B`` is sample ``r % B``; its target is column ``r % B`` (shared with
+    the label-oracle control in ``relssl.losses.oracle``)."""
     check_matrix(fn, "a", a)
     check_matrix(fn, "b", b)
     check_same_shape(fn, ("a", "b"), (a, b))
@@ -204,6 +217,4 @@ def pnnclr_loss(a: Tensor, b: Tensor, support: Tensor, temperature: float = 0.1,
     s3 = pnn(bn, 2) @ an.T
     s4 = an @ pnn(bn, 3).T
     logits = torch.cat([s1, s2, s3, s4], dim=0) / tau
-    targets = torch.arange(n, device=a.device).repeat(4)
-    per_row = F.cross_entropy(logits, targets, reduction="none")
-    return reduce(per_row, reduction)
+    return logits, torch.arange(n, device=a.device).repeat(4)

@@ -75,4 +75,15 @@ class ASCL(nn.Module):
             host.regress = regress
 
     def after_host_step(self, host, views, info, out: dict) -> dict:
+        if info.diagnose and host.name == "mocov2" and "_negative_labels" in out:
+            # ASCL's soft targets over [positive key, queue] (rows sum to 1)
+            from relssl.evaluate.diagnostics import ascl_candidate_labels
+            from relssl.losses import ascl_targets
+            from relssl.methods.diagnose import target_diagnostics
+
+            c = self.cfg
+            w = ascl_targets(out["_keys"], out["_negatives"], t2=c.t2, nn_num=c.nn_num, relation=c.relation)
+            if info.labels is not None:
+                cand = ascl_candidate_labels(info.labels, out["_negative_labels"])
+                out.setdefault("_diag", {}).update(target_diagnostics(w, info, cand, prefix="ascl_target"))
         return out

@@ -98,4 +98,8 @@ class BSIM(nn.Module):
             term = bsim_infonce_loss(q_mix, keys, perm, lam, tau, negatives, detach_keys=c.detach_keys)
         out["loss"] = out["loss"] + c.weight * term
         out["bsim"] = term.detach()
+        if info.diagnose:  # how the mixture's similarity to its two sources follows lambda
+            from relssl.methods.diagnose import mixture_diagnostics
+
+            out.setdefault("_diag", {}).update(mixture_diagnostics(q_mix, keys, perm, lam))
         return out

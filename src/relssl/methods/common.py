@@ -17,6 +17,8 @@ class StepInfo:
     ``labels`` the class labels when the dataset has them (monitoring only: no method may train on
     them), ``step`` the global optimizer step, ``progress`` = step / total steps in [0, 1], and
     ``generator`` the seeded random source of this step (shuffle-BN permutations and the like).
+    ``diagnose``: the engine asks for false-negative diagnostics this step (a method may then
+    return them under ``out["_diag"]``, see ``relssl.methods.diagnose``).
     """
 
     step: int
@@ -24,6 +26,7 @@ class StepInfo:
     index: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    diagnose: bool = False
 
 
 def check_positive(name: str, value: float, prefix: str = "method") -> None:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from relssl.losses import moco_loss
+from relssl.losses import moco_loss, oracle_moco_loss
 from relssl.methods.common import StepInfo, check_momentum, check_positive
+from relssl.methods.diagnose import queue_diagnostics
+from relssl.methods.oracle import oracle_labels
 from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head, shuffle_forward
 
 
@@ -63,17 +65,29 @@ class MoCoV2(nn.Module):
     def training_step(self, views: list[torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         x1, x2 = views
         queue = self.queue.features.clone()  # the queue before this step's keys are written
+        labels = oracle_labels(self, info)
+        queue_labels = self.queue.labels.clone() if (labels is not None or info.diagnose) else None
+        if labels is not None:  # the label-oracle control (plugins: [mask_false_negatives])
+            def contrast(q, k, queue):
+                return oracle_moco_loss(q, k, queue, labels, queue_labels, self.cfg.temperature, self.fn_oracle)
+        else:
+            contrast = self.contrast
         if self.cfg.symmetric:
             q1, q2 = self.online(torch.cat([x1, x2])).chunk(2)
             k1, k2 = self._keys(x1, info), self._keys(x2, info)
-            loss = 0.5 * (self.contrast(q1, k2, queue) + self.contrast(q2, k1, queue))
+            loss = 0.5 * (contrast(q1, k2, queue) + contrast(q2, k1, queue))
         else:
             q1 = self.online(x1)
             k2 = self._keys(x2, info)
-            loss = self.contrast(q1, k2, queue)
+            loss = contrast(q1, k2, queue)
         self.queue.enqueue(k2, index=info.index, labels=info.labels, step=info.step)
-        # "_" entries are for plug-ins (BSIM), not logged: the keys of view 2 and the queue used
-        return {"loss": loss, "_keys": k2, "_negatives": queue}
+        # "_" entries are for plug-ins (BSIM, ASCL) and the engine, not logged: the keys of view 2,
+        # the queue used (and its labels on diagnostic steps), the diagnostics
+        out = {"loss": loss, "_keys": k2, "_negatives": queue, "_query": q1}
+        if info.diagnose:
+            out["_negative_labels"] = queue_labels
+            out["_diag"] = queue_diagnostics(q1, k2, queue, queue_labels, info, self.cfg.temperature)
+        return out
 
     def contrast(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
         """The InfoNCE-with-queue term; the ASCL plug-in replaces it with soft targets."""

@@ -47,6 +47,7 @@ from torch import nn
 from relssl.losses import msvq_loss
 from relssl.losses._common import compute_dtype, full_precision, l2n
 from relssl.methods.common import StepInfo, check_momentum, check_positive
+from relssl.methods.diagnose import target_diagnostics
 from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head, shuffle_forward
 
 # ---------------------------------------------------------------------------- shared parts
@@ -137,10 +138,13 @@ class MSVQ(nn.Module):
         # the queues before this step's keys are written
         q1, q2 = self.queue1.features.clone(), self.queue2.features.clone()
         loss = msvq_loss(z1, z2, z3, z4, q1, q2, tau_t=c.tau_t, tau_s=c.tau_s)
-        stats = target_stats(relation_targets(z2, q1, c.tau_t))
+        targets = relation_targets(z2, q1, c.tau_t)
+        out = {"loss": loss, **target_stats(targets)}
+        if info.diagnose:  # teacher 1's soft label over queue 1 (before this step's write)
+            out["_diag"] = target_diagnostics(targets, info, self.queue1.labels.clone())
         self.queue1.enqueue(z2, index=info.index, labels=info.labels, step=info.step)
         self.queue2.enqueue(z4, index=info.index, labels=info.labels, step=info.step)
-        return {"loss": loss, **stats}
+        return out
 
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> None:

@@ -53,8 +53,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from relssl.losses import nnclr_loss
+from relssl.losses import nnclr_loss, oracle_nnclr_loss
 from relssl.methods.common import StepInfo, check_positive
+from relssl.methods.diagnose import batch_diagnostics
+from relssl.methods.oracle import oracle_labels
 from relssl.nn import FeatureQueue, gather_no_grad, gather_with_grad, nnclr_predictor, nnclr_projector
 
 
@@ -128,12 +130,20 @@ class NNCLR(nn.Module):
         # The loss contrasts over the global batch (rows in rank order; identity with one process).
         g_nn1, g_nn2 = gather_no_grad(torch.stack([nn1, nn2], dim=1)).unbind(1)
         g_p1, g_p2 = gather_with_grad(torch.stack([p1, p2], dim=1)).unbind(1)
-        loss = nnclr_loss(g_nn1, g_nn2, g_p1, g_p2, torch.cat([g_nn1, g_nn2]), temperature=self.cfg.temperature,
-                          symmetrize=self.cfg.symmetrize)
+        labels = oracle_labels(self, info)
+        if labels is None:
+            loss = nnclr_loss(g_nn1, g_nn2, g_p1, g_p2, torch.cat([g_nn1, g_nn2]), temperature=self.cfg.temperature,
+                              symmetrize=self.cfg.symmetrize)
+        else:  # the label-oracle control (plugins: [mask_false_negatives])
+            loss = oracle_nnclr_loss(g_nn1, g_nn2, g_p1, g_p2, gather_no_grad(labels), self.cfg.temperature,
+                                     self.cfg.symmetrize, self.fn_oracle)
         idx = torch.stack([idx1, idx2])  # (2, B); metadata read before the write below
         metrics = neighbour_metrics(self.queue.labels[idx], self.queue.index[idx], info.labels, info.index)
         self.queue.enqueue(z1, index=info.index, labels=info.labels, step=info.step)
-        return {"loss": loss, **metrics}
+        out = {"loss": loss, **metrics}
+        if info.diagnose:  # the negatives of NN(z1) are the other predictions of view 2
+            out["_diag"] = batch_diagnostics(nn1, p2, info, self.cfg.temperature, same_view=False)
+        return out
 
     def after_optimizer_step(self, info: StepInfo) -> None:
         pass

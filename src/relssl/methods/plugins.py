@@ -13,8 +13,9 @@ import dataclasses
 from relssl.errors import ConfigError
 from relssl.methods.ascl import ASCL
 from relssl.methods.bsim import BSIM
+from relssl.methods.oracle import FalseNegativeOracle
 
-PLUGINS: dict[str, type] = {cls.name: cls for cls in (ASCL, BSIM)}
+PLUGINS: dict[str, type] = {cls.name: cls for cls in (ASCL, BSIM, FalseNegativeOracle)}
 
 
 def plugins_config(section, method_name: str) -> dict:
@@ -36,6 +37,9 @@ def plugins_config(section, method_name: str) -> dict:
             raise ConfigError(f"plugin {name} does not fit method {method_name}; its hosts: {', '.join(cls.hosts)}")
         opts = build_dataclass(cls.Config, options or {}, prefix=f"plugins.{name}")
         out[name] = dataclasses.asdict(opts)
+    if "ascl" in out and FalseNegativeOracle.name in out:
+        raise ConfigError("plugins ascl and mask_false_negatives do not combine (ASCL replaces the loss the oracle "
+                          "masks); use one of them")
     return out
 
 

@@ -75,8 +75,10 @@ import torch
 from torch import nn
 
 from relssl.errors import ConfigError
-from relssl.losses import pnnclr_loss
+from relssl.losses import oracle_pnnclr_loss, pnnclr_loss
 from relssl.methods.common import StepInfo, check_choice, check_momentum, check_positive
+from relssl.methods.diagnose import batch_diagnostics
+from relssl.methods.oracle import oracle_labels
 from relssl.methods.nnclr import neighbour_metrics
 from relssl.nn import FeatureQueue, ema_update, gather_no_grad, gather_with_grad, make_teacher, mlp
 
@@ -148,9 +150,14 @@ class PNNCLR(nn.Module):
             idx = idx.view(2, -1)
             stored = (self.queue.labels[idx], self.queue.index[idx])  # before the write below
         # the four blocks span the global batch (rows in rank order; identity with one process)
-        loss = pnnclr_loss(gather_with_grad(a), gather_no_grad(b), self.queue.features, temperature=cfg.temperature, t=cfg.t,
-                           reduction=cfg.reduction, topk=cfg.topk, t_min=cfg.t_min,
-                           noise_std=cfg.noise_std if cfg.noise else None, generator=info.generator)
+        kw = dict(temperature=cfg.temperature, t=cfg.t, reduction=cfg.reduction, topk=cfg.topk, t_min=cfg.t_min,
+                  noise_std=cfg.noise_std if cfg.noise else None, generator=info.generator)
+        labels = oracle_labels(self, info)
+        if labels is None:
+            loss = pnnclr_loss(gather_with_grad(a), gather_no_grad(b), self.queue.features, **kw)
+        else:  # the label-oracle control (plugins: [mask_false_negatives])
+            loss = oracle_pnnclr_loss(gather_with_grad(a), gather_no_grad(b), self.queue.features,
+                                      gather_no_grad(labels), mode=self.fn_oracle, **kw)
         self.queue.enqueue(a, index=info.index, labels=info.labels, step=info.step)
         return loss, stored
 
@@ -163,7 +170,10 @@ class PNNCLR(nn.Module):
         c2, (lab2, ind2) = self._half(p2, zt1, info)  # searches Q' (holds n(p1)), then + n(p2)
         loss = 0.5 * c1 + 0.5 * c2
         metrics = neighbour_metrics(torch.cat([lab1, lab2]), torch.cat([ind1, ind2]), info.labels, info.index)
-        return {"loss": loss, **metrics}
+        out = {"loss": loss, **metrics}
+        if info.diagnose:  # the negatives of view 1's prediction: the other targets of view 2
+            out["_diag"] = batch_diagnostics(p1, zt2, info, self.cfg.temperature, same_view=False)
+        return out
 
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from relssl.methods.common import StepInfo, check_momentum, check_positive
+from relssl.methods.diagnose import target_diagnostics
 from relssl.methods.msvq import relation_ce, relation_targets, target_stats, teacher_embed
 from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head
 
@@ -68,9 +69,12 @@ class ReSSL(nn.Module):
         zk = teacher_embed(self.teacher, x2, info, c.shuffle_bn)
         queue = self.queue.features.clone()  # the queue before this step's keys are written
         loss = relation_ce(zq, zk, queue, tau_t=c.tau_t, tau_s=c.tau_s)
-        stats = target_stats(relation_targets(zk, queue, c.tau_t))
+        targets = relation_targets(zk, queue, c.tau_t)
+        out = {"loss": loss, **target_stats(targets)}
+        if info.diagnose:  # the teacher's soft label over the queue (before this step's write)
+            out["_diag"] = target_diagnostics(targets, info, self.queue.labels.clone())
         self.queue.enqueue(zk, index=info.index, labels=info.labels, step=info.step)
-        return {"loss": loss, **stats}
+        return out
 
     @torch.no_grad()
     def after_optimizer_step(self, info: StepInfo) -> None:

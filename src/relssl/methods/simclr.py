@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from relssl.losses import ntxent_loss
+from relssl.losses import ntxent_loss, oracle_ntxent_loss
 from relssl.methods.common import StepInfo, check_positive
-from relssl.nn import gather_with_grad, simclr_head
+from relssl.methods.diagnose import batch_diagnostics
+from relssl.methods.oracle import oracle_labels
+from relssl.nn import gather_no_grad, gather_with_grad, simclr_head
 
 
 class SimCLR(nn.Module):
@@ -50,8 +52,15 @@ class SimCLR(nn.Module):
         # NT-Xent over the global batch (rows in rank order; identity with one process): with the
         # summing backward of gather_with_grad and DDP's averaging, the gradient is one process's
         g1, g2 = gather_with_grad(torch.stack([z1, z2], dim=1)).unbind(1)
-        loss = ntxent_loss(g1, g2, temperature=self.cfg.temperature)
-        return {"loss": loss, "_keys": z2}  # "_keys": view 2's embeddings, for plug-ins (BSIM)
+        labels = oracle_labels(self, info)
+        if labels is None:
+            loss = ntxent_loss(g1, g2, temperature=self.cfg.temperature)
+        else:  # the label-oracle control (plugins: [mask_false_negatives])
+            loss = oracle_ntxent_loss(g1, g2, gather_no_grad(labels), self.cfg.temperature, self.fn_oracle)
+        out = {"loss": loss, "_keys": z2}  # "_keys": view 2's embeddings, for plug-ins (BSIM)
+        if info.diagnose:
+            out["_diag"] = batch_diagnostics(z1, z2, info, self.cfg.temperature)
+        return out
 
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder + head (for plug-ins that add views, e.g. BSIM's mixtures)."""

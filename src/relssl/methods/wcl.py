@@ -32,10 +32,35 @@ Choices (code = official repo, paper = the ICCV paper as the spec recalls it):
   first ``weak_aug_epochs`` epochs (10 in the code, where it equals the 10 LR warm-up epochs),
   then SimCLR aug (``simclr``); ``weak_aug_epochs=0`` uses SimCLR aug throughout. The engine
   follows it only when the config leaves ``views`` unset.
-* ``multicrop`` (paper only, UNVERIFIED, not in the released code; default 0 = off): the
-  KNN-selected low-resolution extra crops. NOT IMPLEMENTED: it needs engine support for a
-  variable number of views of different sizes, and its selection rule is unverified; any value
-  but 0 raises ``ConfigError``.
+* ``multicrop`` (paper only, UNVERIFIED; default 0 = off, which is exactly the two-view step
+  above). The paper adds SwAV-style low-resolution crops (6 x 96 px with 224-px views) and keeps
+  only those a KNN rule judges similar to their sample's main views as extra positives; the rule's
+  exact form could not be read and its code was never released, so this is our documented
+  reading, off by default so that the default reproduces the released code:
+
+  - Views: the engine appends ``multicrop`` crops (``WCL.extra_views``, read by
+    ``engine.module.view_recipes``) of the main views' preset of the epoch (MoCo v2 aug+ in the
+    weak epochs, then SimCLR aug) at ``multicrop_size`` px (default ``max(8, round(crop / 2))``:
+    16 px for 32-px images; the paper's 96 px at 224 is ``multicrop_size=96``) and crop area
+    ``multicrop_scale`` (default SwAV's (0.05, 0.14) for crops of 96 px and more; below, (0.14,
+    0.5), our choice: a 5% crop of a 32-px image is a ~7-px patch of a centred object, so the range
+    starts where SwAV's ends and stops at half the image).
+  - Embedding: the small crops (all of one size) take one pass of their own through the backbone
+    and the graph head (their own BN statistics; SwAV instead runs its head over all crops at
+    once), so the two-view part of the loss sees exactly the embeddings it sees without them and
+    ``multicrop_weight=0`` is the two-view loss. They are gathered on the same rows as their
+    sample's main views. The instance head is not run on them (the term does not use it).
+  - Rule (no gradient): a small crop of sample i is accepted when its graph-head embedding's
+    most cosine-similar row among the 2N main-view graph-head embeddings of the global batch
+    (views 1 and 2) is one of i's own views (``multicrop_rule="self"``), or lies in i's weak-label
+    component of that view (``"component"``, which accepts every crop "self" accepts).
+  - Loss: ``wcl_loss`` (unchanged) + ``multicrop_weight`` x the mean over accepted crops of a
+    SupCon L_out with the crop as anchor, the 2N main-view graph embeddings as candidates
+    (detached with ``detach_candidates``) and i's component members in each view as positives
+    (``multicrop_term``); 0 when no crop is accepted. Logged: ``multicrop_accept`` (share of small
+    crops accepted) and ``multicrop_loss`` (the unweighted term).
+  - Why off by default: unverified rule, an extra forward per step, and early in training few
+    crops pass the rule (the 1-NN of a random embedding is rarely its own sample).
 * Monitoring (no gradient, no host sync beyond the graph search the loss already does), over the
   global batch and averaged over the two views: ``graph_size`` = mean connected-component size
   (N / #components), ``graph_purity`` (only when labels are known) = fraction of the ordered
@@ -52,11 +77,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from relssl.errors import ConfigError
-from relssl.losses import connected_components, ntxent_loss, wcl_loss
-from relssl.methods.common import StepInfo, check_positive
-from relssl.nn import gather_no_grad, gather_with_grad, wcl_head
+from relssl.losses import connected_components, ntxent_loss, oracle_ntxent_loss, wcl_loss
+from relssl.losses._common import compute_dtype, full_precision, l2n
+from relssl.losses.graph import one_nn_index
+from relssl.methods.common import StepInfo, check_choice, check_positive
+from relssl.methods.diagnose import batch_diagnostics, graph_diagnostics
+from relssl.methods.oracle import oracle_labels
+from relssl.nn import gather_no_grad, gather_with_grad, rank, wcl_head
 
 WEAK_VIEWS = ("strong", "strong")  # the code's ``moco_aug`` for the first epochs
+MULTICROP_RULES = ("self", "component")
+SWAV_SMALL_SCALE = (0.05, 0.14)  # SwAV's small-crop area range (96-px crops of 224-px images)
+SMALL_IMAGE_SCALE = (0.14, 0.5)  # our choice below 96 px: see the module docstring
 
 
 @torch.no_grad()
@@ -85,6 +117,77 @@ def graph_stats(embeddings: list[torch.Tensor],
     return out
 
 
+def multicrop_geometry(size: int | None, scale, crop_size: int) -> tuple[int, tuple[float, float]]:
+    """Pixel size and crop-area range of the small crops for main crops of ``crop_size`` px.
+
+    ``size=None``: ``max(8, round(crop_size / 2))`` capped at ``crop_size`` (16 px for 32-px
+    images, 32 for 64, 112 for 224; the paper's 96 px at 224 is ``multicrop_size=96``).
+    ``scale=None``: SwAV's (0.05, 0.14) for crops of 96 px and more, else (0.14, 0.5). Raises a
+    one-line ``ConfigError`` when ``size`` exceeds ``crop_size``.
+    """
+    if size is None:
+        size = min(crop_size, max(8, round(crop_size / 2)))
+    elif size > crop_size:
+        raise ConfigError(f"method.multicrop_size ({size} px) must be <= the crop size ({crop_size} px): "
+                          "the extra crops are the low-resolution ones")
+    if scale is None:
+        scale = SWAV_SMALL_SCALE if crop_size >= 96 else SMALL_IMAGE_SCALE
+    return int(size), (float(scale[0]), float(scale[1]))
+
+
+@full_precision
+def multicrop_term(small: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, temperature: float = 0.1,
+                   rule: str = "self", detach_candidates: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """WCL's KNN-selected multi-crop term (UNVERIFIED reading of the paper; see the module docstring).
+
+    Args:
+        small: ``(N, K, D)`` graph-head outputs of the K small crops of each of the N samples.
+        g1, g2: ``(N, D)`` graph-head outputs of the two main views (the batch ``wcl_loss`` sees).
+        temperature: ``tau`` of the SupCon term.
+        rule: ``"self"`` accepts a small crop of sample i when its most cosine-similar main-view
+            embedding (among the 2N rows of ``g1`` and ``g2``) is one of i's own two main views;
+            ``"component"`` when that embedding is in i's weak-label component (for a view-v column
+            ``j``: ``y^v_j == y^v_i``, ``y^v`` the components of view v's 1-NN graph, as in
+            ``wcl_loss``). "component" accepts every crop "self" accepts.
+        detach_candidates: detach the main-view columns (as ``wcl_loss`` does by default).
+
+    Every small crop ``c`` of sample i is an anchor of a SupCon L_out over the 2N main-view
+    embeddings, positives ``P = {(v, j): y^v_j == y^v_i}`` (i's component in each view, i's own
+    two views included)::
+
+        l(c) = -(1 / |P|) sum_{p in P} log( exp(c . m_p / tau) / sum_{q in 1..2N} exp(c . m_q / tau) )
+
+    The term is the mean of ``l`` over the accepted crops (0, still connected to the graph, when
+    none is accepted). Returns ``(term, accepted)``, ``accepted`` a ``(N, K)`` bool tensor.
+    """
+    if small.dim() != 3 or small.shape[0] != g1.shape[0] or g1.shape != g2.shape \
+            or small.shape[2] != g1.shape[1]:
+        raise ValueError(f"multicrop_term: small must be (N, K, D) and g1, g2 (N, D), got "
+                         f"{tuple(small.shape)}, {tuple(g1.shape)}, {tuple(g2.shape)}")
+    if rule not in MULTICROP_RULES:
+        raise ValueError(f"multicrop_term: rule must be one of {MULTICROP_RULES}, got {rule!r}")
+    n, k, _ = small.shape
+    dtype = compute_dtype(small, g1, g2)
+    c = l2n(small.reshape(n * k, -1), dtype)  # row i * K + s: crop s of sample i
+    m = torch.cat([l2n(g1, dtype), l2n(g2, dtype)])  # row v * N + j: view v of sample j
+    owner = torch.arange(n, device=c.device).repeat_interleave(k)
+    with torch.no_grad():
+        y1, y2 = (connected_components(one_nn_index(b)) for b in m.detach().chunk(2))
+        # column v * N + j is a positive of the crops of sample i iff y^v_j == y^v_i
+        pos = torch.cat([y1[None, :] == y1[owner, None], y2[None, :] == y2[owner, None]], dim=1)
+        nearest = (c.detach() @ m.detach().T).argmax(dim=1)
+        if rule == "self":
+            accepted = nearest % n == owner
+        else:
+            accepted = pos.gather(1, nearest[:, None]).squeeze(1)
+    cand = m.detach() if detach_candidates else m
+    logits = (c @ cand.T) / temperature
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    per_crop = -log_prob.masked_fill(~pos, 0.0).sum(dim=1) / pos.sum(dim=1).to(dtype)  # |P| >= 2
+    term = (per_crop * accepted.to(dtype)).sum() / accepted.sum().clamp(min=1).to(dtype)
+    return term, accepted.view(n, k)
+
+
 class WCL(nn.Module):
     name = "wcl"
     default_views = ("simclr", "simclr")
@@ -97,7 +200,15 @@ class WCL(nn.Module):
         proj_hidden: int = 4096
         proj_dim: int = 256
         weak_aug_epochs: int = 10
-        multicrop: int = 0  # UNVERIFIED paper option, not implemented: must stay 0
+        # UNVERIFIED paper option (not in the released code), off by default: extra low-resolution
+        # crops, each used as an extra positive only when its graph-head 1-NN among the main views
+        # is its own sample (rule "self") or in its weak-label component (rule "component")
+        multicrop: int = 0  # number of extra small crops per image (0 = off: the official two views)
+        multicrop_size: int | None = None  # px; None = max(8, round(crop_size / 2)), capped at crop_size
+        multicrop_scale: list[float] | None = None  # crop area range; None = (0.05, 0.14) (SwAV) for
+        #   crops >= 96 px, (0.14, 0.5) for smaller images
+        multicrop_rule: str = "self"  # self | component
+        multicrop_weight: float = 1.0
         graph_metrics: bool = True
 
         def validate(self) -> None:
@@ -109,11 +220,37 @@ class WCL(nn.Module):
             if self.weak_aug_epochs < 0:
                 raise ConfigError(f"method.weak_aug_epochs must be >= 0 (0 = SimCLR aug from the start), "
                                   f"got {self.weak_aug_epochs}")
-            if self.multicrop != 0:
-                raise ConfigError(
-                    f"method.multicrop={self.multicrop} is not implemented: WCL's KNN-based multi-crop is "
-                    "paper-only (UNVERIFIED, not in the released code) and needs engine support for extra "
-                    "views of another size; set method.multicrop=0")
+            if self.multicrop < 0:
+                raise ConfigError(f"method.multicrop must be >= 0 (0 = off, the official two views), "
+                                  f"got {self.multicrop}")
+            if self.multicrop_size is not None and self.multicrop_size < 1:
+                raise ConfigError(f"method.multicrop_size must be >= 1 px (or null = auto), got {self.multicrop_size}")
+            scale = self.multicrop_scale
+            if scale is not None and not (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0):
+                raise ConfigError(f"method.multicrop_scale must be [low, high] with 0 < low <= high <= 1 "
+                                  f"(or null = auto), got {list(scale)}")
+            check_choice("multicrop_rule", self.multicrop_rule, MULTICROP_RULES)
+            if self.multicrop_weight < 0:
+                raise ConfigError(f"method.multicrop_weight must be >= 0, got {self.multicrop_weight}")
+
+    @classmethod
+    def extra_views(cls, section: dict, crop_size: int, main_names: list[str]) -> list[tuple[str, dict]]:
+        """The engine's hook (``view_recipes``): ``multicrop`` small crops after the two main views,
+        each the main views' first preset at ``multicrop_size`` px and ``multicrop_scale``."""
+        n = section.get("multicrop", 0)
+        if not n:
+            return []
+        size, scale = multicrop_geometry(section.get("multicrop_size"), section.get("multicrop_scale"),
+                                         crop_size)
+        return [(main_names[0], {"crop_size": size, "crop_scale": scale})] * n
+
+    @classmethod
+    def check_run_config(cls, cfg) -> None:
+        """Small crops no larger than an explicit ``data.crop_size`` (a dataset's default crop size
+        is checked when the views are built)."""
+        m = cfg.method
+        if m.get("multicrop", 0) and cfg.data.crop_size is not None:
+            multicrop_geometry(m.get("multicrop_size"), m.get("multicrop_scale"), cfg.data.crop_size)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, cfg: "WCL.Config") -> None:
         super().__init__()
@@ -127,28 +264,54 @@ class WCL(nn.Module):
         return self.encoder
 
     def views_for_epoch(self, epoch: int) -> list[str]:
-        """MoCo v2 aug+ for the first ``weak_aug_epochs`` epochs, then SimCLR aug (official code)."""
-        return list(WEAK_VIEWS if epoch < self.cfg.weak_aug_epochs else self.default_views)
+        """MoCo v2 aug+ for the first ``weak_aug_epochs`` epochs, then SimCLR aug (official code);
+        the ``multicrop`` small crops (if any) follow the main views' preset."""
+        main = list(WEAK_VIEWS if epoch < self.cfg.weak_aug_epochs else self.default_views)
+        return main + main[:1] * self.cfg.multicrop
 
     def training_step(self, views: list[torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
-        x1, x2 = views
+        cfg = self.cfg
+        if len(views) != 2 + cfg.multicrop:
+            raise ValueError(f"wcl takes 2 + method.multicrop = {2 + cfg.multicrop} views, got {len(views)}")
+        x1, x2, *small = views
         h = self.encoder(torch.cat([x1, x2]))  # one forward: both views share BN statistics
         a1, a2 = self.instance_head(h).chunk(2)
         g1, g2 = self.graph_head(h).chunk(2)
-        # the global batch, rows in rank order (identity with one process); one collective
-        a1, a2, g1, g2 = gather_with_grad(torch.stack([a1, a2, g1, g2], dim=1)).unbind(1)
-        cfg = self.cfg
-        loss = wcl_loss(a1, a2, g1, g2, temperature=cfg.temperature, graph_weight=cfg.graph_weight,
+        # the small crops (one size) in a pass of their own through the backbone and the graph head
+        # (own BN statistics): the two-view part sees exactly what it sees without them
+        gs = self.graph_head(self.encoder(torch.cat(small))).chunk(len(small)) if small else []
+        # the global batch, rows in rank order (identity with one process); one collective, so
+        # the small crops of every sample stay on its row
+        a1, a2, g1, g2, *gs = gather_with_grad(torch.stack([a1, a2, g1, g2, *gs], dim=1)).unbind(1)
+        base = wcl_loss(a1, a2, g1, g2, temperature=cfg.temperature, graph_weight=cfg.graph_weight,
                         detach_candidates=cfg.detach_candidates)
-        out = {"loss": loss}
+        two_view = base
+        oracle = oracle_labels(self, info)
+        if oracle is not None:  # the label-oracle control on the instance term (mask_false_negatives)
+            base = base + (oracle_ntxent_loss(a1, a2, gather_no_grad(oracle), cfg.temperature, self.fn_oracle)
+                           - ntxent_loss(a1, a2, temperature=cfg.temperature))
+        out = {"loss": base}
+        if gs:
+            term, accepted = multicrop_term(torch.stack(gs, dim=1), g1, g2, temperature=cfg.temperature,
+                                            rule=cfg.multicrop_rule, detach_candidates=cfg.detach_candidates)
+            out["loss"] = base + cfg.multicrop_weight * term
+            out["multicrop_loss"] = term.detach()
+            out["multicrop_accept"] = accepted.float().mean()
         if cfg.graph_metrics:
             with torch.no_grad():
                 instance = ntxent_loss(a1.detach(), a2.detach(), temperature=cfg.temperature)
                 out["instance_loss"] = instance
                 if cfg.graph_weight > 0:
-                    out["graph_loss"] = (loss.detach() - instance) / cfg.graph_weight
+                    out["graph_loss"] = (two_view.detach() - instance) / cfg.graph_weight
             labels = None if info.labels is None else gather_no_grad(info.labels)
             out.update(graph_stats([g1, g2], labels))
+        if info.diagnose:  # this process's rows: in-batch negatives, and view 1's weak-label graph
+            b = x1.shape[0]
+            lo = rank() * b if a1.shape[0] > b else 0
+            diag = batch_diagnostics(a1[lo:lo + b], a2[lo:lo + b], info, cfg.temperature)
+            labels = gather_no_grad(info.labels)
+            diag.update(graph_diagnostics(connected_components(one_nn_index(F.normalize(g1.detach(), dim=1))), labels))
+            out["_diag"] = diag
         return out
 
     def after_optimizer_step(self, info: StepInfo) -> None:
