@@ -1,0 +1,129 @@
+"""benchmarks/compare.py: the equal-budget comparison runs, records, skips what is done, renders.
+
+One real (tiny) end-to-end invocation: the cpu-smoke preset on 384 Fashion-MNIST images, two
+combinations (a method and a plug-in on a host) x one seed, 1 epoch, a 3-epoch linear probe.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from relssl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_compare():
+    spec = importlib.util.spec_from_file_location("relssl_bench_compare", ROOT / "benchmarks" / "compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def compare():
+    return _load_compare()
+
+
+def _has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def test_combinations_cover_every_method_and_plugin_host(compare):
+    from relssl.methods import METHODS
+
+    names = [c[0] for c in compare.combinations()]
+    assert set(METHODS) <= set(names)
+    assert {"mocov2+ascl", "byol+ascl", "simclr+bsim", "mocov2+bsim", "byol+bsim"} <= set(names)
+    for name, method, plugins in compare.combinations():
+        assert (compare.CONFIG_DIR / (compare.recipe_name(name) + ".yaml")).is_file()
+        assert name == "+".join((method,) + plugins)
+
+
+def test_shared_budget_overrides_recipe_but_keeps_method_lr(compare, tmp_path):
+    p = compare.PRESETS["gpu"]
+    cfgs = {c: compare.build_config(c, m, pl, p, 1, tmp_path, "cpu") for c, m, pl in compare.combinations()}
+    for name, cfg in cfgs.items():
+        assert (cfg.backbone.name, cfg.backbone.cifar_stem, cfg.backbone.bn_splits) == ("resnet18", True, 8)
+        assert (cfg.optim.name, cfg.optim.batch_size, cfg.optim.epochs) == ("sgd", 512, 10)
+        assert cfg.optim.warmup_epochs == 1.0 and cfg.backbone.pretrained is None
+        assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.lr_scaling) == (0.9, 5e-4, "linear")
+        assert cfg.data.crop_size == 32 and cfg.data.subset is None and cfg.seed == 1
+        recipe = compare.read_yaml(compare.resolve_recipe(compare.recipe_name(name)))
+        assert cfg.optim.lr == recipe["optim"]["lr"]  # the method's own base lr
+    assert cfgs["wcl"].method["weak_aug_epochs"] == 1  # tied to the warm-up epochs, as in its recipe
+    assert cfgs["mocov2+ascl"].plugins.keys() == {"ascl"}
+
+
+def test_table_reports_last_epoch_mean_and_spread_not_best(compare, tmp_path):
+    def run(combo, seed, knn, lin):
+        return {"combo": combo, "seed": seed, "config_hash": "h", "knn_last_top1": knn, "linear_last_top1": lin,
+                "knn_monitor_best_top1": 99.5, "linear_best_top1": 99.25, "img_s": 1000.0, "peak_mem_gib": 1.5,
+                "peak_mem_kind": "cuda_max_allocated", "pretrain_wall_s": 60.0, "train_s": 50.0, "eval_wall_s": 5.0,
+                "knn_init_top1": 70.0, "knn_history": [{"epoch": 1, "top1": knn - 1}, {"epoch": 2, "top1": knn}],
+                "environment": {"device": "NVIDIA H100", "torch": "x", "lightning": "y", "date": "2026-01-01T00:00:00"}}
+
+    data = {"preset": "gpu", "settings": compare.preset_settings(compare.PRESETS["gpu"], 100),
+            "runs": [run("mocov2", 0, 90.0, 91.0), run("mocov2", 1, 92.0, 93.0), run("simclr", 0, 88.0, 89.0)]}
+    text = compare.render_table(data, tmp_path / "compare_gpu.json")
+    assert "| mocov2 | 2 | 91.00 ± 1.41 | 92.00 ± 1.41 |" in text
+    assert "| simclr | 1 | 88.00 | 89.00 |" in text
+    assert "99.5" not in text and "99.25" not in text  # best-over-epochs numbers never in the table
+    assert "last epoch" in text and "mean ± sample standard deviation" in text
+    assert "python benchmarks/compare.py --preset gpu" in text
+    row = next(r for r in compare.aggregate(data) if r["combo"] == "mocov2")
+    assert row["curve"] == [(0, 70.0), (1, 90.0), (2, 91.0)]
+
+
+@pytest.mark.usefixtures("fmnist")
+def test_cpu_smoke_end_to_end_records_skips_and_renders(compare, tmp_path, monkeypatch):
+    out = tmp_path / "results" / "compare_cpu-smoke.json"
+    argv = ["--preset", "cpu-smoke", "--methods", "simclr", "mocov2+ascl", "--seeds", "0", "--subset", "384",
+            "--epochs", "1", "--linear-epochs", "3", "--accelerator", "cpu",
+            "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    res = compare.main(argv)
+    assert sorted(res["ran"]) == [("mocov2+ascl", 0), ("simclr", 0)] and not res["failed"]
+
+    data = json.loads(out.read_text())
+    runs = {r["combo"]: r for r in data["runs"]}
+    assert set(runs) == {"simclr", "mocov2+ascl"}
+    assert runs["mocov2+ascl"]["plugins"] == ["ascl"] and runs["simclr"]["plugins"] == []
+    for r in runs.values():
+        for key in ("knn_last_top1", "linear_last_top1"):
+            assert math.isfinite(r[key]) and 0 < r[key] <= 100, (r["combo"], key, r[key])
+        assert r["epochs"] == 1 and r["seed"] == 0 and r["eval_train"] == 192 and r["eval_test"] == 192
+        assert [h["epoch"] for h in r["knn_history"]] == [1] and r["knn_init_top1"] is not None
+        assert r["pretrain_wall_s"] > 0 and r["eval_wall_s"] > 0 and r["peak_mem_gib"] > 0
+        assert r["peak_mem_kind"] == "cpu_process_max_rss" and r["config_hash"]
+        assert r["environment"]["torch"] and r["environment"]["date"]
+        assert not (Path(r["run_dir"]) / "checkpoints").exists()  # removed once recorded
+    assert data["settings"]["subset"] == 384 and data["invocations"][0]["machine"]["cpus"]
+
+    table = out.with_suffix(".md").read_text()
+    for combo, r in runs.items():
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| {combo} | 1 |"))
+        assert f"{r['knn_last_top1']:.2f}" in line and f"{r['linear_last_top1']:.2f}" in line
+    if _has_matplotlib():
+        for suffix in ("_accuracy_vs_time.png", "_knn_curves.png"):
+            png = out.with_name(out.stem + suffix)
+            assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+    # a rerun skips the finished combinations: nothing is pretrained or evaluated again
+    def no_run(*a, **k):
+        raise AssertionError("a finished combination was run again")
+
+    monkeypatch.setattr(compare, "run_one", no_run)
+    monkeypatch.setattr(compare, "pretrain", no_run)
+    before = data["runs"]
+    res2 = compare.main(argv)
+    assert res2["ran"] == [] and sorted(res2["skipped"]) == [("mocov2+ascl", 0), ("simclr", 0)]
+    assert json.loads(out.read_text())["runs"] == before
+
+    # another budget must not be appended to the same file
+    with pytest.raises(ConfigError, match="other shared settings"):
+        compare.main([a if a != "1" else "2" for a in argv])
