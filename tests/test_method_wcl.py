@@ -222,24 +222,27 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
 # ------------------------------------------------------------------------------ end to end
 
 
-def test_pretrain_learns_and_switches_views(tmp_path, fmnist_small):
+def view_log(attr):
+    """A callback recording, per epoch, the view names and one field of each recipe the engine used."""
     import lightning as L
 
-    from relssl.engine import pretrain
-    from utils import read_metrics, tiny_config
-
     class ViewLog(L.Callback):
-        """Records the view names and crop scales the engine used in each epoch."""
-
         def __init__(self):
             self.seen = {}
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == 0:
                 self.seen[trainer.current_epoch] = (list(pl_module.view_names),
-                                                    [r.crop_scale for r in pl_module.recipes])
+                                                    [getattr(r, attr) for r in pl_module.recipes])
 
-    log = ViewLog()
+    return ViewLog()
+
+
+def test_pretrain_learns_and_switches_views(tmp_path, fmnist_small):
+    from relssl.engine import pretrain
+    from utils import read_metrics, tiny_config
+
+    log = view_log("crop_scale")
     cfg = tiny_config("wcl", tmp_path, "optim.epochs=4", "optim.lr=0.05", "method.weak_aug_epochs=1",
                       "trainer.knn_every=4", "trainer.knn_at_start=false")  # kNN once, at the end
     res = pretrain(cfg, splits=fmnist_small, quiet=True, extra_callbacks=[log])
@@ -421,21 +424,10 @@ def test_view_recipes_add_the_small_crops():
 
 
 def test_pretrain_with_multicrop(tmp_path, fmnist_small):
-    import lightning as L
-
     from relssl.engine import pretrain
     from utils import read_metrics, tiny_config
 
-    class ViewLog(L.Callback):
-        def __init__(self):
-            self.seen = {}
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == 0:
-                self.seen[trainer.current_epoch] = (list(pl_module.view_names),
-                                                    [r.crop_size for r in pl_module.recipes])
-
-    log = ViewLog()
+    log = view_log("crop_size")
     cfg = tiny_config("wcl", tmp_path, "optim.epochs=2", "optim.lr=0.05", "method.weak_aug_epochs=1",
                       "method.multicrop=2", "trainer.knn_every=2", "trainer.knn_at_start=false")
     res = pretrain(cfg, splits=fmnist_small, quiet=True, extra_callbacks=[log])

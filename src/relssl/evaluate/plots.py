@@ -38,6 +38,13 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def _finish(fig, path: str | Path, title: str) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) counts: row = true class, column = predicted class."""
     idx = labels.long().cpu() * num_classes + preds.long().cpu()
@@ -247,10 +254,7 @@ def plot_curves(metrics_csv: str | Path, path: str | Path, title: str = "") -> P
             ax.set_ylabel("kNN top-1 (%)")
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title)
 
 
 # ----------------------------------------------------------------------------- diagnostics over training
@@ -298,7 +302,4 @@ def plot_diagnostics(metrics_csv: str | Path, path: str | Path, title: str = "")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, path, title)
