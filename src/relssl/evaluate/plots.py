@@ -268,7 +268,8 @@ DIAG_PANELS = (
     ("weak-label graph", "share / size", lambda k: k.startswith("graph_comp_")),
     ("queues: staleness", "steps", lambda k: k.endswith(("_age_mean", "_age_max"))),
     ("queues: self-copies and duplicates", "share", lambda k: k.endswith(("_stale_self", "_duplicate_rate"))),
-    ("BSIM: mixture vs its sources (per lambda bin)", "cosine / corr", lambda k: k.startswith("bsim_")),
+    ("BSIM: mixture vs source / partner, lowest and highest lambda bin", "cosine / corr",
+     lambda k: k == "bsim_lam_corr" or (k.startswith("bsim_sim_") and k.endswith(("_b0", "_b4")))),
 )
 
 
