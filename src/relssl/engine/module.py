@@ -157,7 +157,17 @@ class PretrainModule(L.LightningModule):
         self._t_last = None
 
     def _channels_last(self) -> bool:
-        return self.cfg.backbone.channels_last and self.device.type == "cuda"
+        """channels_last on CUDA only (``backbone.channels_last``): there cuDNN's NHWC kernels are the
+        fast ones with bf16; on a CPU it would only add layout conversions."""
+        attached = self._trainer is not None
+        device = self.trainer.strategy.root_device if attached else self.device
+        return self.cfg.backbone.channels_last and device.type == "cuda"
+
+    def configure_model(self) -> None:
+        # weights and the views in the same layout, before DDP builds its gradient buckets and before
+        # the optimizer sees the parameters (the Parameter objects stay the same; idempotent)
+        if self._channels_last():
+            self.method.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ training
     def _step_info(self, idx: torch.Tensor | None, generator: torch.Generator | None) -> StepInfo:
@@ -201,9 +211,8 @@ class PretrainModule(L.LightningModule):
         else:  # indices into the device-resident images
             idx = batch
             images = self.train_images[idx]
-        views = make_views(images, self.recipes, self.mean, self.std, gen)
-        if self._channels_last():
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        views = make_views(images, self.recipes, self.mean, self.std, gen,
+                           memory_format=torch.channels_last if self._channels_last() else None)
         info = self._step_info(idx, gen)
         out = self.method.training_step(views, info)
         for plugin in self.plugins:
