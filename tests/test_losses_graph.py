@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relssl.losses import connected_components, ntxent_loss, wcl_loss
+from relssl.losses.graph import nn_graph_labels
 from loss_helpers import E, lse, t64, unit
 
 
@@ -135,6 +136,42 @@ def test_connected_components_matches_union_find(case):
     assert connected_components(t, num_nodes=n).tolist() == union_find_labels(n, edges)
 
 
+@pytest.mark.parametrize("nn_index", [
+    [1, 0, 3, 2], [2, 3, 0, 1], [1, 2, 3, 2], [4, 0, 1, 2, 3], [1, 0, 0, 4, 3, 4, 7, 6], [5, 5, 5, 5, 5, 4],
+    [0], [0, 1, 2], [1, 1],  # self-loops: a node alone is its own component
+])
+def test_nn_graph_labels_hand_graphs(nn_index):
+    ids = nn_graph_labels(torch.tensor(nn_index))
+    comp = connected_components(torch.tensor(nn_index))
+    assert ids.dtype == torch.long and ids.shape == comp.shape
+    # the same partition: two nodes share an id exactly when they share a component
+    assert torch.equal(ids[:, None] == ids[None, :], comp[:, None] == comp[None, :])
+
+
+def test_nn_graph_labels_ids_are_the_smallest_node_on_each_cycle():
+    # 0 -> 1 -> 2 -> 3 -> 1 (cycle 1, 2, 3 with a tail from 0); 6 -> 5 -> 4 -> 5 (cycle 4, 5)
+    assert nn_graph_labels(torch.tensor([1, 2, 3, 1, 5, 4, 5])).tolist() == [1, 1, 1, 1, 4, 4, 4]
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(st.integers(1, 40).flatmap(lambda n: st.lists(st.integers(0, n - 1), min_size=n, max_size=n)))
+def test_nn_graph_labels_match_connected_components_on_any_functional_graph(nn_index):
+    t = torch.tensor(nn_index, dtype=torch.long)
+    ids, comp = nn_graph_labels(t), connected_components(t)
+    assert torch.equal(ids[:, None] == ids[None, :], comp[:, None] == comp[None, :])
+
+
+def test_nn_graph_labels_long_shuffled_chain_and_bad_input():
+    n = 3000
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    nn = torch.empty(n, dtype=torch.long)
+    nn[order[:-1]] = order[1:]
+    nn[order[-1]] = order[-2]
+    assert nn_graph_labels(nn).unique().numel() == 1  # tail of 2998 nodes onto a 2-cycle
+    with pytest.raises(ValueError, match="nn_graph_labels: nn_index must be a 1-D integer tensor"):
+        nn_graph_labels(torch.zeros(3, 2, dtype=torch.long))
+
+
 def test_one_nn_graph_components_have_at_least_two_nodes():
     g = torch.Generator().manual_seed(1)
     for n in (2, 3, 10, 64):
@@ -243,3 +280,18 @@ def test_wcl_errors():
         wcl_loss(a, a, g, g, temperature=0.0)
     with pytest.raises(ValueError, match=r"wcl_loss: detach_candidates must be True or False"):
         wcl_loss(a, a, g, g, detach_candidates="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_wcl_loss_on_cuda_never_synchronises():
+    # the graph step must not stall the GPU: no .item(), no data-dependent shapes, no loops on values
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a1, a2, g1, g2 = (torch.randn(256, 32, device="cuda", generator=g, requires_grad=True) for _ in range(4))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = wcl_loss(a1, a2, g1, g2)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()

@@ -6,6 +6,8 @@ Spec: ``wcl-bsim-pnnclr-baselines.md`` section 1 (official ``mingkai-zheng/WCL``
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,7 @@ from relssl.losses._common import (
 )
 from relssl.losses.contrastive import _ntxent
 
-__all__ = ["connected_components", "wcl_loss"]
+__all__ = ["connected_components", "nn_graph_labels", "wcl_loss"]
 
 
 def connected_components(edges_or_nn_index: Tensor, num_nodes: int | None = None) -> Tensor:
@@ -93,6 +95,40 @@ def connected_components(edges_or_nn_index: Tensor, num_nodes: int | None = None
     return torch.unique(parent, return_inverse=True)[1]
 
 
+def nn_graph_labels(nn_index: Tensor) -> Tensor:
+    r"""Component ids of the graph linking each node ``i`` to ``nn_index[i]``, with no host sync.
+
+    What WCL needs every step, computed in a fixed number of rounds so that nothing waits for the
+    device (``connected_components`` loops until a fixed point and renumbers with
+    ``torch.unique``: both synchronise a GPU several times per step). Each node has exactly one
+    out-edge, so every component holds exactly one cycle (two mutual nearest neighbours in a 1-NN
+    graph) and every node reaches it within N steps. With ``K = ceil(log2 N)`` rounds of pointer
+    doubling, ``F = f^(2^K)`` takes each node onto its component's cycle and ``M(i) = min`` of the
+    ``2^K`` nodes the walk from ``i`` visits covers the whole cycle, so ``M(F(i))`` is the smallest
+    node of the component's cycle: the same id for every node of a component, different ids for
+    different components.
+
+    Args:
+        nn_index: ``(N,)`` integer tensor with values in ``[0, N)`` (not checked: checking would
+            synchronise; out-of-range values fail in the gather).
+
+    Returns:
+        ``(N,)`` int64 ids on the input's device: equal exactly when two nodes share a component.
+        Not numbered 0, 1, ...; use ``connected_components`` for that.
+    """
+    fn = "nn_graph_labels"
+    if not isinstance(nn_index, Tensor) or nn_index.dim() != 1 or nn_index.dtype.is_floating_point \
+            or nn_index.dtype.is_complex or nn_index.dtype == torch.bool:
+        raise fail(fn, "nn_index must be a 1-D integer tensor (node i is linked to nn_index[i])")
+    f = nn_index.detach().long()
+    n = f.shape[0]
+    low = torch.arange(n, device=f.device)  # M_0(i) = i
+    for _ in range(max(1, math.ceil(math.log2(max(n, 2))))):
+        low = torch.minimum(low, low[f])  # min over the walk of length 2^(k+1)
+        f = f[f]  # f^(2^(k+1))
+    return low[f]
+
+
 def one_nn_index(x: Tensor) -> Tensor:
     """Index of each row's nearest other row by dot product (self excluded), shape (N,)."""
     sim = x @ x.T
@@ -102,7 +138,7 @@ def one_nn_index(x: Tensor) -> Tensor:
 
 def _graph_labels(b: Tensor) -> Tensor:
     with torch.no_grad():
-        return connected_components(one_nn_index(b.detach()))
+        return nn_graph_labels(one_nn_index(b.detach()))
 
 
 def _supcon_within(b: Tensor, labels: Tensor, temperature: float, detach_candidates: bool) -> Tensor:

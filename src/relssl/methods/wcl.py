@@ -10,6 +10,10 @@ Step: ``h = f(cat[x1, x2])`` (one backbone forward, so both views share BN stati
 NT-Xent on the instance head + ``graph_weight`` x SupCon on the graph head, where the weak labels
 of each view are the connected components of the 1-NN graph of that view's graph-head embeddings
 over the batch, swapped across views (view 2's components supervise view 1 and vice versa).
+The components come from ``relssl.losses.graph.nn_graph_labels``: a fixed number of
+pointer-doubling rounds on the device (about log2 of the batch), with no host synchronisation,
+so the graph step never stalls a GPU (tested under ``torch.cuda.set_sync_debug_mode("error")``
+where a GPU is present).
 
 Choices (code = official repo, paper = the ICCV paper as the spec recalls it):
 
@@ -79,7 +83,7 @@ from torch import nn
 from relssl.errors import ConfigError
 from relssl.losses import connected_components, ntxent_loss, oracle_ntxent_loss, wcl_loss
 from relssl.losses._common import compute_dtype, full_precision, l2n
-from relssl.losses.graph import one_nn_index
+from relssl.losses.graph import nn_graph_labels, one_nn_index
 from relssl.methods.common import StepInfo, check_choice, check_positive
 from relssl.methods.diagnose import batch_diagnostics, graph_diagnostics
 from relssl.methods.oracle import oracle_labels
@@ -172,7 +176,7 @@ def multicrop_term(small: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, temp
     m = torch.cat([l2n(g1, dtype), l2n(g2, dtype)])  # row v * N + j: view v of sample j
     owner = torch.arange(n, device=c.device).repeat_interleave(k)
     with torch.no_grad():
-        y1, y2 = (connected_components(one_nn_index(b)) for b in m.detach().chunk(2))
+        y1, y2 = (nn_graph_labels(one_nn_index(b)) for b in m.detach().chunk(2))
         # column v * N + j is a positive of the crops of sample i iff y^v_j == y^v_i
         pos = torch.cat([y1[None, :] == y1[owner, None], y2[None, :] == y2[owner, None]], dim=1)
         nearest = (c.detach() @ m.detach().T).argmax(dim=1)
