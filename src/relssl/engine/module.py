@@ -237,7 +237,7 @@ class PretrainModule(L.LightningModule):
                 return None
         else:
             # checked one step later, so the check never stalls the device pipeline
-            self._pending_loss, self._pending_step = loss.detach(), self.global_step
+            self._pending_loss, self._pending_step = self._copy_to_host(loss), self.global_step
         for key, value in out.items():
             if key.startswith("_"):  # tensors handed to plug-ins, not metrics
                 continue
@@ -251,7 +251,25 @@ class PretrainModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self._drop_update = False
 
+    def _copy_to_host(self, loss: torch.Tensor) -> torch.Tensor:
+        """Start copying the loss to the host without waiting (CUDA); the CPU tensor is read next step.
+
+        ``.item()`` on a CUDA tensor would wait for everything queued so far, the backward pass and
+        optimizer step included, and leave the GPU idle while the next step's views are launched.
+        Waiting on an event recorded right after the copy blocks only until the loss itself exists.
+        """
+        if loss.device.type != "cuda":
+            return loss.detach()
+        if getattr(self, "_loss_host", None) is None:
+            self._loss_host = torch.empty((), dtype=torch.float32, pin_memory=True)
+            self._loss_event = torch.cuda.Event()
+        self._loss_host.copy_(loss.detach().float(), non_blocking=True)
+        self._loss_event.record()
+        return self._loss_host
+
     def _check_pending_loss(self) -> None:
+        if self._pending_loss is not None and self._pending_loss is getattr(self, "_loss_host", None):
+            self._loss_event.synchronize()  # the loss is computed; later work stays queued
         finite = self._pending_loss is None or bool(torch.isfinite(self._pending_loss).item())
         if self._pending_loss is not None and self.trainer.world_size > 1:
             # every rank stops together: one stopping alone would leave the others waiting in a collective

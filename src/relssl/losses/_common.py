@@ -204,7 +204,11 @@ def check_fraction(fn: str, name: str, value: Any, n: int, dtype: torch.dtype,
             raise fail(fn, f"{name} must be a number or a tensor of shape () or ({n},), "
                            f"got shape {tuple(value.shape)}")
         value = value.detach().to(device=device, dtype=dtype)
-        if n > 0 and not bool(((value >= 0) & (value <= 1)).all()):
+        if n > 0 and value.device.type == "cuda":
+            # checked on the device: reading the result back would stall the GPU every step
+            # (BSIM's lambda, pNNCLR's per-sample t); a bad value still fails, as a device assert
+            torch._assert_async(((value >= 0) & (value <= 1)).all(), f"{fn}: {name} values must lie in [0, 1]")
+        elif n > 0 and not bool(((value >= 0) & (value <= 1)).all()):
             raise fail(fn, f"{name} values must lie in [0, 1], got min {float(value.min())} "
                            f"and max {float(value.max())}")
         return value
