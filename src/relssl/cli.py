@@ -1,4 +1,4 @@
-"""The ``relssl`` command line: pretrain | eval | export | report | demo | list.
+"""The ``relssl`` command line: pretrain | eval | export | embed | report | demo | list.
 
 Every command validates its input before any work and reports bad input as one line
 (``relssl: error: ...``) with exit status 2.
@@ -54,6 +54,7 @@ def _epilog() -> str:
             "  relssl eval knn runs/fashion_mnist-mocov2-20261123-101500 --protocol all\n"
             "  relssl eval linear runs/fashion_mnist-mocov2-20261123-101500\n"
             "  relssl export runs/fashion_mnist-mocov2-20261123-101500 -o backbone.safetensors\n"
+            "  relssl embed runs/fashion_mnist-mocov2-20261123-101500 -o embeddings.npz\n"
             "  relssl report runs/fashion_mnist-mocov2-20261123-101500\n")
 
 
@@ -70,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 method.queue_size=8192")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 
-    from relssl.evaluate.commands import add_eval_parsers
+    from relssl.evaluate.commands import add_embed_parser, add_eval_parsers
 
     add_eval_parsers(sub)  # eval knn|linear|semisup|tsne, export, report
+    add_embed_parser(sub)
 
     d = sub.add_parser("demo", help="pretrain the default method on Fashion-MNIST and evaluate it with kNN")
     d.add_argument("--method", default="simclr", help="method to pretrain (default simclr)")
@@ -128,6 +130,12 @@ def cmd_export(args) -> int:
     return run_export(args)
 
 
+def cmd_embed(args) -> int:
+    from relssl.evaluate.commands import run_embed
+
+    return run_embed(args)
+
+
 def cmd_report(args) -> int:
     from relssl.evaluate.commands import run_report
 
@@ -147,13 +155,18 @@ def cmd_list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in t and not t.startswith("-") for t in extra):
+        args.overrides += extra  # key=value after an option: `relssl embed RUN -o x.npz data.root=DIR`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export, "report": cmd_report,
-                    "demo": cmd_demo, "list": cmd_list}
+        commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export, "embed": cmd_embed,
+                    "report": cmd_report, "demo": cmd_demo, "list": cmd_list}
         return commands[args.command](args)
     except RelsslError as err:
         print(f"relssl: error: {err}", file=sys.stderr)

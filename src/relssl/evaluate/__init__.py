@@ -10,6 +10,8 @@ Python API (every protocol takes an :class:`EvalSetup` from :func:`prepare`)::
     fine_tune(s, SemiSupConfig(fraction=0.01))               # 1% labels, whole network
     embedding_plot(s, "tsne.png")                            # t-SNE of test features
     export_backbone("runs/...", "backbone.safetensors"); load_backbone("backbone.safetensors")
+    emb = embed_checkpoint("runs/...", split="all")          # or embed_split(s, "test"): evaluate.embed
+    write_embeddings("embeddings.npz", emb)                   # .npz / .safetensors / .csv, atomically
     write_report("runs/...")                                 # RUN_DIR/report.md
     diagnose(s)                                              # false-negative diagnostics (evaluate.diagnostics)
 
@@ -29,6 +31,7 @@ _EXPORTS = {
     "embedding_plot": "plots", "plot_confusion": "plots", "plot_curves": "plots",
     "export_backbone": "export", "load_backbone": "export", "read_metadata": "export",
     "write_report": "report",
+    "Embeddings": "embed", "embed_split": "embed", "embed_checkpoint": "embed", "write_embeddings": "embed",
     "diagnose": "diagnostics", "false_negative_stats": "diagnostics", "queue_stats": "diagnostics",
 }
 

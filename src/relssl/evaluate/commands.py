@@ -1,5 +1,5 @@
 """The evaluation commands of the CLI: ``relssl eval knn|linear|semisup|tsne``, ``relssl export``,
-``relssl report`` (parsers and what they run; ``relssl.cli`` wires them in).
+``relssl embed``, ``relssl report`` (parsers and what they run; ``relssl.cli`` wires them in).
 
 Every eval command takes a run directory (its ``checkpoints/last.ckpt``) or a ``.ckpt`` file plus
 ``data.*`` overrides, writes its JSON (and PNGs) into ``RUN_DIR/eval/`` when the checkpoint
@@ -169,6 +169,42 @@ def add_eval_parsers(sub) -> None:
     # the sub-parsers of export and report also report errors in one line
     for p in (e, x, r):
         p.__class__ = _OneLineParser
+
+
+def add_embed_parser(sub) -> None:
+    """Add ``embed`` (features of every image of a split, to .npz / .safetensors / .csv) to the CLI."""
+    m = sub.add_parser("embed", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="write a checkpoint's embeddings of every image of a split (.npz, .safetensors, .csv)",
+                       description="Embed every image of a split with the frozen backbone (eval mode, the run's "
+                                   "evaluation size and normalisation,\nas relssl eval knn) and write them atomically "
+                                   "to -o FILE; the format follows its suffix:\n"
+                                   "  .npz          embeddings (N, D) float32, index, split, labels, paths, meta\n"
+                                   "  .safetensors  the same tensors; paths and split names in the metadata\n"
+                                   "  .csv          index, split, path, label, e0 .. e{D-1}, one row per image\n"
+                                   "Embed other images with data.* overrides, e.g. data.dataset=unlabeled_folder "
+                                   "data.root=/my/images\n(docs/embeddings.md).",
+                       epilog="examples:\n"
+                              "  relssl embed runs/my-run -o embeddings.npz\n"
+                              "  relssl embed runs/my-run data.dataset=unlabeled_folder data.root=/my/images "
+                              "-o new.npz --normalize\n"
+                              "  relssl embed runs/my-run --split test data.test_subset=1000 -o test.csv")
+    m.add_argument("checkpoint", help="a run directory (uses checkpoints/last.ckpt) or a .ckpt file")
+    m.add_argument("overrides", nargs="*",
+                   help="data.* overrides, e.g. data.dataset=unlabeled_folder data.root=/my/images; "
+                        "data.test_subset=N (bank_subset, subset) embeds a seeded class-balanced subset")
+    m.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="where to write: FILE.npz, FILE.safetensors or FILE.csv")
+    m.add_argument("--split", choices=("pretrain", "bank", "test", "all"), default="all",
+                   help="which split (default all: pretrain, bank and test, each set of images once)")
+    m.add_argument("--head", choices=("backbone", "projector"), default="backbone",
+                   help="backbone features (default; what the evaluations use) or backbone + projection head")
+    m.add_argument("--normalize", action="store_true", help="L2-normalise each embedding")
+    m.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    m.add_argument("--batch-size", type=int, default=1024,
+                   help="images per forward pass (default 1024, as relssl eval knn)")
+    m.add_argument("--json", action="store_true", help="print the file's metadata as JSON")
+    m.add_argument("-v", "--verbose", action="store_true", help="print progress")
+    m.__class__ = _OneLineParser
 
 
 # ----------------------------------------------------------------------------------- running
@@ -352,6 +388,30 @@ def run_export(args) -> int:
         note = ("loads into torchvision.models." + meta["backbone"] + " with conv1 / maxpool / fc set as in "
                 "`relssl export --help`") if meta["torchvision_compatible"] else "load it with relssl.evaluate.export.load_backbone"
         print(f"exported {arch} of {meta['method']} to {path}\n  {note}")
+    return 0
+
+
+def run_embed(args) -> int:
+    from relssl.evaluate.embed import check_output, embed_checkpoint, write_embeddings
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = check_output(args.output)  # a bad -o fails before any work
+    emb = embed_checkpoint(args.checkpoint, args.overrides, split=args.split, head=args.head,
+                           normalize=args.normalize, batch_size=args.batch_size, device=args.device,
+                           log=_log(args))
+    path = write_embeddings(out, emb)
+    meta = emb.meta
+    for note in meta.get("notes", []):
+        print(f"relssl: note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"file": str(path), **meta}, indent=2))
+    else:
+        parts = ", ".join(f"{n} {role}" for role, n in meta["splits"].items())
+        known = [w for w, have in (("labels", emb.labels is not None), ("paths", emb.paths is not None)) if have]
+        print(f"embedded {meta['count']} images ({parts}) of {meta['dataset']} with {meta['checkpoint']}: "
+              f"{meta['dim']}-d {meta['head']} features{', L2-normalised' if meta['normalize'] else ''}, "
+              f"{meta['eval_size']} px\n  -> {path}" + (f" (with {' and '.join(known)})" if known else ""))
     return 0
 
 
