@@ -132,7 +132,7 @@ def test_unlabeled_folder(tmp_path):
     s = load_dataset("folder", root=str(tmp_path), size=32)
     assert s.pretrain.images.shape == (2, 3, 32, 32) and s.pretrain.labels is None
     assert s.bank.labels is None and s.test.labels is None and not s.labelled
-    assert "trainer.knn_every=0" in s.extra["labels_note"] and s.info.num_classes == 0
+    assert "label-free" in s.extra["labels_note"] and s.info.num_classes == 0
     # unlabeled_folder takes everything, class-like folders included
     (tmp_path / "top.png").unlink()
     save_image(tmp_path / "b" / "x.png", g.integers(0, 256, (3, 8, 8), dtype=np.uint8))

@@ -116,6 +116,10 @@ def print_summary(res: dict) -> None:
         init = res.get("knn_init_top1")
         init_txt = f"; random-init backbone {init:.2f}%" if init is not None else ""
         print(f"kNN top-1 (k=200, T=0.1, last epoch): {res['knn_last_top1']:.2f}%{init_txt}")
+    if res.get("rankme_last") is not None:
+        init = res.get("rankme_init")
+        init_txt = f"; random-init backbone {init:.1f}" if init is not None else ""
+        print(f"RankMe (effective rank of the backbone features, label-free, last epoch): {res['rankme_last']:.1f}{init_txt}")
 
 
 def cmd_eval(args) -> int:

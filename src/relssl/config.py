@@ -109,16 +109,28 @@ class OptimConfig:
             raise ConfigError(f"optim.max_steps must be >= 1 or null, got {self.max_steps}")
 
 
+MONITORS = ("auto", "knn", "rankme", "none")  # values of trainer.monitor
+
+
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1
     num_nodes: int = 1
     precision: str = "auto"  # auto (bf16-mixed on GPU, 32 on CPU) | 32 | bf16-mixed | 16-mixed
-    knn_every: int = 1  # run the kNN monitor every N epochs (0 = never); always after the last epoch
+    # the online monitor of representation quality: auto (knn when the bank and test splits have labels,
+    # else rankme) | knn (kNN top-1 / top-5; RankMe, uniformity and alignment logged beside it; best.ckpt by
+    # knn_top1) | rankme (label-free only: RankMe, uniformity, alignment; best.ckpt by rankme) | none
+    monitor: str = "auto"
+    # the monitor's cadence (whichever monitor; the key names are historical): every N epochs and after the
+    # last one. 0 = no periodic evaluation: with knn_at_start=true the monitor still runs at the start and after
+    # the last epoch, with both off it never runs. best.ckpt is kept only when N > 0
+    knn_every: int = 1
     knn_k: int = 200
     knn_t: float = 0.1
-    knn_at_start: bool = True  # also evaluate the randomly initialised backbone (the baseline)
+    knn_at_start: bool = True  # the monitor also evaluates the randomly initialised backbone (the baseline)
+    # pretraining images (a seeded, class-blind subset) of the label-free monitor (null: all of them)
+    monitor_subset: int | None = 4096
     log_every_n_steps: int = 20
     progress_bar: bool = True
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -136,6 +148,10 @@ class TrainerConfig:
             raise ConfigError(
                 f"trainer.precision must be one of auto, 32, bf16-mixed, 16-mixed, 64; got {self.precision!r}"
             )
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"trainer.monitor must be one of {', '.join(MONITORS)}; got {self.monitor!r}")
+        if self.monitor_subset is not None and self.monitor_subset < 2:
+            raise ConfigError(f"trainer.monitor_subset must be an integer >= 2 or null (all), got {self.monitor_subset}")
         if self.knn_every < 0:
             raise ConfigError(f"trainer.knn_every must be >= 0, got {self.knn_every}")
         if self.knn_k < 1:

@@ -203,7 +203,7 @@ def check_splits(splits: DatasetSplits) -> DatasetSplits:
     if splits.bank.labels is not None and len(splits.bank.labels.unique()) < 2:
         raise DataError(
             f"{name}: the labelled bank split holds a single class; kNN / linear evaluation need at least "
-            "two classes (pretrain without labels instead: an unlabeled folder and trainer.knn_every=0)"
+            "two classes (pretrain without labels instead: data.dataset=unlabeled_folder, monitored by RankMe)"
         )
     return splits
 

@@ -165,7 +165,7 @@ def load_image_folder(root: str | os.PathLike | None = None, download: bool = Fa
     if test_files is None:  # unlabelled
         bank = test = pretrain
         extra["labels_note"] = (f"{name}: {root} has no class folders, so no labels: kNN / linear evaluation "
-                                "are off for it; pretrain with trainer.knn_every=0 trainer.knn_at_start=false")
+                                "are off for it; the run is monitored label-free (RankMe, trainer.monitor=auto)")
     else:
         bank = pretrain
         test = make(test_files, test_labels, splits_used[2])

@@ -197,8 +197,8 @@ def load_medmnist(root: str | Path | None = None, download: bool = False, *, fla
     if multi:
         num_classes = max(widths)
         note = (f"{name} is multi-label ({num_classes} binary labels per image): kNN / linear evaluation of "
-                "multi-label sets is unsupported, so its splits carry no labels; pretrain with trainer.knn_every=0 "
-                "trainer.knn_at_start=false")
+                "multi-label sets is unsupported, so its splits carry no labels; the run is monitored label-free "
+                "(RankMe, trainer.monitor=auto)")
         log.warning("relssl: %s", note)
         labels = {k: None for k in splits}
     else:

@@ -1,8 +1,8 @@
 """Run a pretraining job: run directory, Lightning trainer, checkpoints, logs, results.
 
 A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/`` (``last.ckpt``,
-``best.ckpt`` by kNN top-1, one per epoch is not kept), ``metrics.csv``, ``tb/`` (TensorBoard
-events), ``log.txt`` and, at the end, ``results.json``.
+``best.ckpt`` by the monitor's number: kNN top-1, or RankMe on unlabelled data; one per epoch is not
+kept), ``metrics.csv``, ``tb/`` (TensorBoard events), ``log.txt`` and, at the end, ``results.json``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from relssl.config import Config, config_from_dict, dump_config
 from relssl.data import DatasetSplits, load_dataset
-from relssl.engine.callbacks import KNNMonitor
+from relssl.data.core import subset_indices
+from relssl.engine.callbacks import KNNProbe, LabelFreeProbe, RepresentationMonitor
 from relssl.engine.checkpoint import AtomicCheckpointIO, load_checkpoint_file
 from relssl.engine.module import PretrainModule
 from relssl.errors import ConfigError, DataError, TrainingError
@@ -64,6 +65,49 @@ def eval_image_size(cfg: Config, info) -> int:
     crop = cfg.data.crop_size or info.crop_size
     native = cfg.data.image_size or info.native_size
     return native if native >= crop else crop
+
+
+# the number each monitor chooses best.ckpt by (the higher, the better)
+MONITOR_SELECTS = {"knn": "knn_top1", "rankme": "rankme"}
+
+
+def resolve_monitor(cfg: Config, splits: DatasetSplits) -> str:
+    """The monitor this run uses: ``knn``, ``rankme`` or ``none`` (``trainer.monitor`` with ``auto`` resolved).
+
+    ``none`` also when the cadence never runs it (``trainer.knn_every=0 trainer.knn_at_start=false``).
+    ``knn`` on a dataset whose bank or test split has no labels is a one-line :class:`DataError`.
+    """
+    t = cfg.trainer
+    if t.monitor == "none" or not (t.knn_every or t.knn_at_start):
+        return "none"
+    if t.monitor == "auto":
+        return "knn" if splits.labelled else "rankme"
+    if t.monitor == "knn" and not splits.labelled:
+        # the loaders' note says why there are no labels (its advice is for monitor=auto, not repeated)
+        note = splits.extra.get("labels_note", "").split("; the run is monitored")[0]
+        raise DataError(f"{cfg.data.dataset}: trainer.monitor=knn needs labels for the bank and test splits"
+                        f"{' (' + note + ')' if note else ''}; set trainer.monitor=auto or trainer.monitor=rankme "
+                        "(label-free), or trainer.monitor=none")
+    return t.monitor
+
+
+def build_monitor(cfg: Config, splits: DatasetSplits, module: PretrainModule, kind: str) -> RepresentationMonitor | None:
+    """The monitor callback of ``kind``: the label-free probe always, the kNN probe under ``knn``."""
+    if kind == "none":
+        return None
+    probes: list = []
+    if kind == "knn":
+        bank = splits.bank.subset(cfg.data.bank_subset, seed=cfg.seed).materialize()
+        test = splits.test.subset(cfg.data.test_subset, seed=cfg.seed).materialize()
+        probes.append(KNNProbe(bank.images, bank.labels, test.images, test.labels, splits.info.num_classes,
+                               k=cfg.trainer.knn_k, t=cfg.trainer.knn_t))
+    pre = module.pretrain_set  # the images this run trains on (data.subset applied)
+    n = cfg.trainer.monitor_subset
+    if n is not None and n < len(pre):
+        pre = pre.take(subset_indices(len(pre), None, n, seed=cfg.seed))  # class-blind, seeded
+    # alignment: the views of the method's first two recipes as configured at the start (fixed over the run)
+    probes.append(LabelFreeProbe(pre.materialize().images, module.recipes[:2], seed=cfg.seed))
+    return RepresentationMonitor(probes, every=cfg.trainer.knn_every, at_start=cfg.trainer.knn_at_start)
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -146,6 +190,11 @@ def environment() -> dict:
             "date": datetime.now().isoformat(timespec="seconds")}
 
 
+def _nanmax(values) -> float | None:
+    finite = [v for v in values if v == v]
+    return max(finite) if finite else None
+
+
 def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Path | None = None,
              quiet: bool = False, extra_callbacks: list | None = None) -> dict:
     """Pretrain ``cfg``'s method; returns the results dict (also written to ``results.json``).
@@ -174,11 +223,7 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     rank_zero = launched_as_rank_zero(cfg)
     if splits is None:
         splits = load_data(cfg)
-    if splits.bank.labels is None or splits.test.labels is None:
-        if cfg.trainer.knn_every or cfg.trainer.knn_at_start:
-            note = splits.extra.get("labels_note", "")
-            raise DataError(f"{cfg.data.dataset}: the kNN monitor needs labels for the bank and test splits"
-                            f"{' (' + note + ')' if note else ''}; set trainer.knn_every=0 trainer.knn_at_start=false")
+    monitor_kind = resolve_monitor(cfg, splits)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = PretrainModule(cfg, splits)
@@ -194,30 +239,34 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     log.info("run directory %s; method %s; accelerator %s; precision %s", run_dir, cfg.method["name"], accelerator, precision)
 
     callbacks: list = list(extra_callbacks or [])
-    knn = None
-    if cfg.trainer.knn_every or cfg.trainer.knn_at_start:
-        bank = splits.bank.subset(cfg.data.bank_subset, seed=cfg.seed).materialize()
-        test = splits.test.subset(cfg.data.test_subset, seed=cfg.seed).materialize()
-        knn = KNNMonitor(bank.images, bank.labels, test.images, test.labels, splits.info.num_classes,
-                         every=cfg.trainer.knn_every, k=cfg.trainer.knn_k, t=cfg.trainer.knn_t,
-                         at_start=cfg.trainer.knn_at_start)
-        callbacks.append(knn)
+    monitor = build_monitor(cfg, splits, module, monitor_kind)
+    if monitor is not None:
+        callbacks.append(monitor)
+        log.info("monitor %s (trainer.monitor=%s): %s on %d pretraining images%s", monitor_kind, cfg.trainer.monitor,
+                 "kNN + RankMe / uniformity / alignment" if monitor_kind == "knn" else "RankMe / uniformity / alignment",
+                 len(monitor.probes[-1].images),
+                 f"; best.ckpt by {MONITOR_SELECTS[monitor_kind]}" if cfg.trainer.knn_every else "")
     ckpt_dir = run_dir / "checkpoints"
     # under DDP every rank holds these callbacks; they take rank 0's directory, and only rank 0 writes
     last_ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
                                 every_n_epochs=cfg.trainer.checkpoint_every, save_on_train_epoch_end=True,
                                 enable_version_counter=False)
     callbacks.append(last_ckpt)
-    if knn is not None and cfg.trainer.knn_every:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="knn_top1", mode="max",
+    if monitor is not None and cfg.trainer.knn_every:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR_SELECTS[monitor_kind], mode="max",
                                          save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False))
+    show_bar = cfg.trainer.progress_bar and not quiet
+    if show_bar:
+        # each refresh turns the bar's tensors (loss) into numbers, which waits for the GPU: on a GPU
+        # refresh as often as the loggers write (trainer.log_every_n_steps), not every step
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps if accelerator == "gpu" else 1))
     loggers = [CSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         precision=precision, max_epochs=cfg.optim.epochs,
         max_steps=cfg.optim.max_steps if cfg.optim.max_steps else -1,
         logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.progress_bar and not quiet,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=show_bar,
         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
         default_root_dir=run_dir, benchmark=accelerator == "gpu", deterministic=False,
         sync_batchnorm=sync_batchnorm,
@@ -232,8 +281,8 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     t0 = time.perf_counter()
     try:
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-        # kNN runs every trainer.knn_every epochs: the best-checkpoint callback skips the others
-        warnings.filterwarnings("ignore", message=".*monitor='knn_top1'.*could not find the monitored key.*")
+        # the monitor runs every trainer.knn_every epochs: the best-checkpoint callback skips the others
+        warnings.filterwarnings("ignore", message=".*monitor='(knn_top1|rankme)'.*could not find the monitored key.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if trainer.is_global_zero:
@@ -251,17 +300,27 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     wall = time.perf_counter() - t0
     if not trainer.is_global_zero:
         run_dir = Path(last_ckpt.dirpath).parent  # rank 0's, shared when the processes met
+    history = monitor.history if monitor is not None else {}
+    init = monitor.init if monitor is not None else {}
+    knn_hist, knn_init = history.get("knn", []), init.get("knn")
+    lf_hist, lf_init = history.get("labelfree", []), init.get("labelfree")
     results = {
         "run_dir": str(run_dir), "method": cfg.method["name"], "dataset": cfg.data.dataset,
         "backbone": cfg.backbone.name, "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
         "wall_seconds": round(wall, 2),
         # a label-oracle control (plugins: [mask_false_negatives]) trains on class labels
         "uses_labels": any(getattr(p, "uses_labels", False) for p in module.plugins),
-        "knn_init_top1": knn.init_result["top1"] if knn and knn.init_result else None,
-        "knn_last_top1": knn.history[-1]["top1"] if knn and knn.history else None,
-        "knn_last_top5": knn.history[-1]["top5"] if knn and knn.history else None,
-        "knn_best_top1": max(h["top1"] for h in knn.history) if knn and knn.history else None,
-        "knn_history": knn.history if knn else [],
+        "knn_init_top1": knn_init["top1"] if knn_init else None,
+        "knn_last_top1": knn_hist[-1]["top1"] if knn_hist else None,
+        "knn_last_top5": knn_hist[-1]["top5"] if knn_hist else None,
+        "knn_best_top1": max(h["top1"] for h in knn_hist) if knn_hist else None,
+        "knn_history": knn_hist,
+        # the monitor that ran (knn, rankme or none) and the label-free numbers, logged under either
+        "monitor": monitor_kind,
+        "rankme_init": lf_init["rankme"] if lf_init else None,
+        "rankme_last": lf_hist[-1]["rankme"] if lf_hist else None,
+        "rankme_best": _nanmax(h["rankme"] for h in lf_hist),
+        "rankme_history": lf_hist,
         "environment": environment(),
     }
     if trainer.is_global_zero:

@@ -14,6 +14,7 @@ Python API (every protocol takes an :class:`EvalSetup` from :func:`prepare`)::
     write_embeddings("embeddings.npz", emb)                   # .npz / .safetensors / .csv, atomically
     write_report("runs/...")                                 # RUN_DIR/report.md
     diagnose(s)                                              # false-negative diagnostics (evaluate.diagnostics)
+    rankme(features); uniformity(z); alignment(z1, z2)       # label-free quality (evaluate.labelfree)
 
 Protocols, defaults and their sources: ``docs/evaluation.md``.
 """
@@ -32,6 +33,7 @@ _EXPORTS = {
     "export_backbone": "export", "load_backbone": "export", "read_metadata": "export",
     "write_report": "report",
     "Embeddings": "embed", "embed_split": "embed", "embed_checkpoint": "embed", "write_embeddings": "embed",
+    "rankme": "labelfree", "uniformity": "labelfree", "alignment": "labelfree", "labelfree_metrics": "labelfree",
     "diagnose": "diagnostics", "false_negative_stats": "diagnostics", "queue_stats": "diagnostics",
 }
 

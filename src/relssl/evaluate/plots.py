@@ -1,4 +1,5 @@
-"""Plots: confusion matrices, 2-D embeddings (t-SNE, optional UMAP), training curves.
+"""Plots: confusion matrices, 2-D embeddings (t-SNE, optional UMAP), training curves (loss, lr, the monitor's
+kNN top-1 and RankMe).
 
 Everything draws on a bare :class:`matplotlib.figure.Figure` rendered by the Agg canvas: no
 pyplot, no global backend switch, so it works on headless machines and never changes the
@@ -209,7 +210,8 @@ def _series(rows, key: str, x: str):
 
 
 def plot_curves(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path:
-    """Loss (per step and per-epoch mean), learning rate and kNN top-1 per epoch from ``metrics.csv``."""
+    """Loss (per step and per-epoch mean), learning rate, kNN top-1 and RankMe per epoch from ``metrics.csv``
+    (the monitor's panels when their columns are present), each with its random-init value dashed."""
     rows = read_metrics_csv(metrics_csv)
     if not rows:
         raise DataError(f"{metrics_csv} holds no rows: the run logged nothing yet")
@@ -220,8 +222,10 @@ def plot_curves(metrics_csv: str | Path, path: str | Path, title: str = "") -> P
         panels.append("lr")
     if any("knn_top1" in r for r in rows):
         panels.append("knn")
+    if any("rankme" in r for r in rows):
+        panels.append("rankme")
     if not panels:
-        raise DataError(f"{metrics_csv} has no loss, lr or knn_top1 column")
+        raise DataError(f"{metrics_csv} has no loss, lr, knn_top1 or rankme column")
     fig = _figure(4.6 * len(panels), 3.6)
     for i, name in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -244,14 +248,17 @@ def plot_curves(metrics_csv: str | Path, path: str | Path, title: str = "") -> P
             ax.plot(xs, ys, color="tab:orange")
             ax.set_xlabel("step")
             ax.set_ylabel("learning rate")
-        else:
-            xs, ys = _series(rows, "knn_top1", "epoch")
-            ax.plot([x + 1 for x in xs], ys, "o-", color="tab:green", ms=3, label="kNN top-1")
-            init = [r["knn_init_top1"] for r in rows if "knn_init_top1" in r]
+        else:  # a monitor's number per epoch (logged at the epoch's end), its random-init value dashed
+            key, label, color = {"knn": ("knn_top1", "kNN top-1 (%)", "tab:green"),
+                                 "rankme": ("rankme", "RankMe (effective rank)", "tab:purple")}[name]
+            init_key = "knn_init_top1" if name == "knn" else "rankme_init"
+            xs, ys = _series(rows, key, "epoch")
+            ax.plot([x + 1 for x in xs], ys, "o-", color=color, ms=3, label=label.split(" (")[0])
+            init = [r[init_key] for r in rows if init_key in r]
             if init:
                 ax.axhline(init[0], ls="--", color="gray", lw=1, label=f"random init {init[0]:.1f}")
             ax.set_xlabel("epoch")
-            ax.set_ylabel("kNN top-1 (%)")
+            ax.set_ylabel(label)
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return _finish(fig, path, title)

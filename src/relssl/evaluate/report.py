@@ -1,9 +1,9 @@
 """One Markdown page per run: ``RUN_DIR/report.md``, with its PNGs beside it.
 
 It gathers what a run directory holds: ``config.yaml``, ``results.json`` (pretraining and the
-kNN monitor), ``metrics.csv`` (drawn as ``curves.png``: loss, learning rate, kNN top-1 per
-epoch; its ``diag/*`` columns, the false-negative diagnostics logged during training, as
-``diagnostics.png`` with a table) and every evaluation the ``relssl eval`` commands saved in ``eval/`` (``*.json`` and
+monitor: kNN, and the label-free RankMe / uniformity / alignment), ``metrics.csv`` (drawn as
+``curves.png``: loss, learning rate, kNN top-1 and RankMe per epoch; its ``diag/*`` columns,
+the false-negative diagnostics logged during training, as ``diagnostics.png`` with a table) and every evaluation the ``relssl eval`` commands saved in ``eval/`` (``*.json`` and
 their PNGs: confusion matrices, t-SNE / UMAP plots). Numbers chosen on the test set (best over
 epochs) are marked as optimistic; the baselines (random init, raw pixels) stand beside them.
 """
@@ -134,6 +134,37 @@ def _diagnostics_section(rows, keys, run_dir: Path, title: str, plot) -> list[st
     return lines
 
 
+def _labelfree_section(results: dict, init: dict, has_best: bool) -> list[str]:
+    """The label-free monitor (results.json): RankMe, uniformity, alignment at the start, last and best epoch.
+
+    ``init``: the random-init values logged to ``metrics.csv`` (``uniformity_init`` ...), if any;
+    ``has_best``: the run kept a ``best.ckpt``."""
+    hist = results.get("rankme_history") or []
+    lines = ["## Label-free monitor", "",
+             "On a fixed subset of the pretraining images, no labels: RankMe = effective rank of the backbone "
+             "features (1 to their dimension; higher = more directions in use), uniformity = log mean "
+             "exp(-2 ||z_i - z_j||^2) of the L2-normalised features (lower = more spread), alignment = mean "
+             "||z_1 - z_2||^2 between two augmented views of an image (lower = more invariant). RankMe ranks epochs "
+             "and runs of one method; it does not predict accuracy across methods (docs/evaluation.md, "
+             "\"Label-free monitoring\").", ""]
+    rows = []
+    if results.get("rankme_init") is not None:
+        rows.append(["random-init backbone", results["rankme_init"], _fmt(init.get("uniformity_init"), 3),
+                     _fmt(init.get("alignment_init"), 3), 0])
+    if hist:
+        last = hist[-1]
+        rows.append(["last epoch", last.get("rankme"), _fmt(last.get("uniformity"), 3), _fmt(last.get("alignment"), 3),
+                     last.get("epoch")])
+        finite = [h for h in hist if h.get("rankme") == h.get("rankme")]
+        if finite:
+            best = max(finite, key=lambda h: h["rankme"])
+            tag = " (best.ckpt)" if has_best and results.get("monitor") == "rankme" else ""
+            rows.append([f"highest RankMe{tag}", best["rankme"], _fmt(best.get("uniformity"), 3),
+                         _fmt(best.get("alignment"), 3), best.get("epoch")])
+    lines += _table(["", "RankMe", "uniformity", "alignment", "epoch"], rows) + [""]
+    return lines
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` (and ``curves.png``) into ``run_dir``; returns the report's path."""
     from relssl.evaluate.plots import diagnostic_keys, plot_curves, plot_diagnostics, read_metrics_csv
@@ -196,8 +227,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         lines += ["", "Top-1 is the last epoch's. \"Best over epochs\" picks the epoch on the test set, as the MSVQ, "
                   "ASCL and WCL repositories and Lightly's kNN tables do: it is optimistic. A result means "
                   "something only well above its random-init and raw-pixel baselines.", ""]
+    elif results.get("monitor") == "rankme":
+        lines += ["No accuracy: this run's monitor was label-free (`monitor: rankme` in results.json); on a "
+                  "labelled dataset, run `relssl eval knn|linear|semisup RUN_DIR`.", ""]
     else:
         lines += ["No metrics yet: run `relssl eval knn|linear|semisup RUN_DIR`.", ""]
+    if results.get("rankme_history") or results.get("rankme_init") is not None:
+        init: dict = {}
+        if (run_dir / "metrics.csv").is_file():
+            for row in read_metrics_csv(run_dir / "metrics.csv"):
+                init.update({k: v for k, v in row.items() if k.endswith("_init")})
+        lines += _labelfree_section(results, init, (run_dir / "checkpoints" / "best.ckpt").is_file())
 
     metrics = run_dir / "metrics.csv"
     if metrics.is_file():
@@ -217,6 +257,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         lines += ["## kNN monitor per epoch", ""]
         lines += _table(["epoch", "step", "top-1 (%)", "top-5 (%)"],
                         [[h.get("epoch"), h.get("step"), h.get("top1"), h.get("top5")] for h in results["knn_history"]])
+        lines.append("")
+    if results.get("rankme_history"):
+        lines += ["## Label-free monitor per epoch", ""]
+        lines += _table(["epoch", "step", "RankMe", "uniformity", "alignment"],
+                        [[h.get("epoch"), h.get("step"), h.get("rankme"), _fmt(h.get("uniformity"), 3),
+                          _fmt(h.get("alignment"), 3)] for h in results["rankme_history"]])
         lines.append("")
     if cfg_text:
         lines += ["## Config", "", "```yaml", cfg_text.rstrip(), "```", ""]
