@@ -93,6 +93,8 @@ class Preset:
     eval_train: int | None = None  # headline kNN bank = linear-probe train split; None: all
     eval_test: int | None = None  # headline test split; None: all
     knn_every: int = 1
+    # images of the label-free monitor (RankMe, uniformity, alignment) beside kNN; 0 = kNN alone
+    monitor_subset: int = 4096
     linear_epochs: int = 100
     log_every_n_steps: int = 20
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -109,6 +111,7 @@ PRESETS = {
     "cpu": Preset("cpu", backbone="convnet_tiny", bn_splits=1, batch_size=256, epochs=10, warmup_epochs=1.0,
                   subset=20000, monitor_bank=2000, monitor_test=2000, eval_train=None, eval_test=None,
                   linear_epochs=30, knn_every=2, log_every_n_steps=5, seeds=(0, 1, 2),
+                  monitor_subset=0,  # seeds 0 and 1 ran before the label-free monitor: keep wall times comparable
                   note="CPU scale: a tiny conv net, 20,000 images, 10 epochs; not the GPU comparison"),
     "cpu-smoke": Preset("cpu-smoke", backbone="convnet_tiny", batch_size=128, epochs=2, warmup_epochs=0.0,
                         subset=2000, monitor_bank=1000, monitor_test=1000, eval_train=1000, eval_test=1000,
@@ -181,6 +184,8 @@ def shared_overrides(p: Preset, seed: int, accelerator: str) -> list[str]:
         "trainer.knn_at_start=true", "trainer.progress_bar=false", "trainer.checkpoint_every=1",
         "trainer.nan_policy=stop", f"trainer.log_every_n_steps={log_every}",
     ]
+    if "monitor_subset" in {f.name for f in dataclasses.fields(TrainerConfig)}:
+        ov.append(f"trainer.monitor_subset={p.monitor_subset}")
     if "diagnose_every" in {f.name for f in dataclasses.fields(TrainerConfig)}:
         ov.append("trainer.diagnose_every=0")  # training-time diagnostics cost time unequally: off
     return ov
@@ -212,6 +217,10 @@ def config_hash(cfg) -> str:
     for key in ("seed", "name", "output_dir"):
         d.pop(key, None)
     d["trainer"].pop("accelerator", None)
+    # what the online monitor measures does not change the weights (its draws use their own generator):
+    # keys added after results were recorded must not make their configs look different
+    for key in ("monitor", "monitor_subset"):
+        d["trainer"].pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -305,7 +314,8 @@ def check_settings(data: dict | None, settings: dict, path: Path) -> None:
     if data is None:
         return
     old = data.get("settings", {})
-    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    # what the monitor measures is not part of the budget (config_hash leaves it out too)
+    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k) and k != "monitor_subset")
     if diff:
         changes = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff[:6])
         raise ConfigError(f"{path} was made with other shared settings ({changes}); numbers from different budgets "
@@ -328,7 +338,7 @@ PROTOCOL = {
     "optimistic": "knn_monitor_best_top1 and linear_best_top1 select the epoch on the test set; recorded, never "
                   "the headline",
     "img_s": "median of the images/s logged during pretraining (each source image once, not each view); "
-             "img_s_overall = images trained / (pretraining wall time - kNN monitor time)",
+             "img_s_overall = images trained / training time (epochs alone: monitor and checkpoints excluded)",
     "peak_memory": "cuda: torch.cuda.max_memory_allocated over pretraining; cpu: the process's max RSS so far "
                    "(getrusage, cumulative over the runs of one invocation)",
 }
@@ -448,7 +458,7 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
                            extra_callbacks=[timer])
     mem, mem_kind = peak_memory(device)
     run_dir = Path(results["run_dir"])
-    monitor_s = sum(h.get("seconds", 0.0) for h in results["knn_history"])
+    monitor_s = sum(h.get("seconds", 0.0) for h in results["knn_history"] + (results.get("rankme_history") or []))
 
     # evaluation of the last epoch's backbone, the same split and recipe for every method
     t0 = time.perf_counter()
@@ -477,6 +487,8 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
         "knn_monitor_last_top1": _r(results.get("knn_last_top1")),
         "knn_monitor_best_top1": _r(results.get("knn_best_top1")),
         "knn_history": hist,
+        # label-free monitor of the backbone (RankMe: effective rank of its features), when it ran
+        "rankme_init": _r(results.get("rankme_init")), "rankme_last": _r(results.get("rankme_last")),
         "img_s": _r(median_img_s(run_dir), 1),
         "img_s_overall": round(timer.images / timer.seconds, 1) if timer.seconds else None,
         "peak_mem_gib": round(mem, 3) if pretrained_now else None, "peak_mem_kind": mem_kind,

@@ -145,10 +145,13 @@ def test_monitor_choice_and_config(fmnist_small, tmp_path):
     assert resolve_monitor(tiny_config("simclr", tmp_path, "trainer.monitor=none"), unl) == "none"
     off = tiny_config("simclr", tmp_path, "trainer.monitor=knn", "trainer.knn_every=0", "trainer.knn_at_start=false")
     assert resolve_monitor(off, unl) == "none"  # the cadence never runs it: no labels needed
-    for bad, msg in (("trainer.monitor=rank_me", "trainer.monitor must be one of auto, knn, rankme, none; got 'rank_me'"),
-                     ("trainer.monitor_subset=1", "trainer.monitor_subset must be an integer >= 2 or null")):
+    for bad, msg in (
+            (["trainer.monitor=rank_me"], "trainer.monitor must be one of auto, knn, rankme, none; got 'rank_me'"),
+            (["trainer.monitor_subset=1"], "trainer.monitor_subset must be 0 .*, an integer >= 2 or null"),
+            (["trainer.monitor_subset=-3"], "trainer.monitor_subset must be 0"),
+            (["trainer.monitor=rankme", "trainer.monitor_subset=0"], "monitor_subset=0 turns the label-free probe off")):
         with pytest.raises(ConfigError, match=msg):
-            load_config(None, [bad])
+            load_config(None, bad)
     # a fixed, seeded, class-blind subset of the images the run trains on
     cfg = tiny_config("simclr", tmp_path, "trainer.monitor_subset=100")
     module = PretrainModule(cfg, fmnist_small)
@@ -157,6 +160,11 @@ def test_monitor_choice_and_config(fmnist_small, tmp_path):
     assert [p.name for p in a.probes] == ["knn", "labelfree"] and [p.name for p in b.probes] == ["labelfree"]
     assert len(b.probes[0].images) == 100 and torch.equal(a.probes[1].images, b.probes[0].images)
     assert build_monitor(cfg, fmnist_small, module, "none") is None
+    # monitor_subset=0: kNN alone (what benchmarks/compare.py --preset cpu uses), refused without labels
+    cfg0 = tiny_config("simclr", tmp_path, "trainer.monitor_subset=0")
+    assert [p.name for p in build_monitor(cfg0, fmnist_small, module, "knn").probes] == ["knn"]
+    with pytest.raises(ConfigError, match="has no labels, so the run is monitored label-free, but trainer.monitor_subset=0"):
+        resolve_monitor(cfg0, unl)
 
 
 def test_monitor_knn_on_unlabeled_folder_is_one_line(tmp_path):

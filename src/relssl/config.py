@@ -150,8 +150,12 @@ class TrainerConfig:
             )
         if self.monitor not in MONITORS:
             raise ConfigError(f"trainer.monitor must be one of {', '.join(MONITORS)}; got {self.monitor!r}")
-        if self.monitor_subset is not None and self.monitor_subset < 2:
-            raise ConfigError(f"trainer.monitor_subset must be an integer >= 2 or null (all), got {self.monitor_subset}")
+        if self.monitor_subset is not None and (self.monitor_subset < 0 or self.monitor_subset == 1):
+            raise ConfigError(f"trainer.monitor_subset must be 0 (no label-free probe beside kNN), an integer >= 2 "
+                              f"or null (all), got {self.monitor_subset}")
+        if self.monitor_subset == 0 and self.monitor == "rankme":
+            raise ConfigError("trainer.monitor_subset=0 turns the label-free probe off, but trainer.monitor=rankme "
+                              "is that probe; set trainer.monitor_subset >= 2 or another trainer.monitor")
         if self.knn_every < 0:
             raise ConfigError(f"trainer.knn_every must be >= 0, got {self.knn_every}")
         if self.knn_k < 1:

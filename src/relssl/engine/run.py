@@ -80,6 +80,9 @@ def resolve_monitor(cfg: Config, splits: DatasetSplits) -> str:
     t = cfg.trainer
     if t.monitor == "none" or not (t.knn_every or t.knn_at_start):
         return "none"
+    if t.monitor == "auto" and not splits.labelled and t.monitor_subset == 0:
+        raise ConfigError(f"{cfg.data.dataset} has no labels, so the run is monitored label-free, but "
+                          "trainer.monitor_subset=0 turns that off; set trainer.monitor_subset >= 2 or trainer.monitor=none")
     if t.monitor == "auto":
         return "knn" if splits.labelled else "rankme"
     if t.monitor == "knn" and not splits.labelled:
@@ -101,8 +104,10 @@ def build_monitor(cfg: Config, splits: DatasetSplits, module: PretrainModule, ki
         test = splits.test.subset(cfg.data.test_subset, seed=cfg.seed).materialize()
         probes.append(KNNProbe(bank.images, bank.labels, test.images, test.labels, splits.info.num_classes,
                                k=cfg.trainer.knn_k, t=cfg.trainer.knn_t))
-    pre = module.pretrain_set  # the images this run trains on (data.subset applied)
     n = cfg.trainer.monitor_subset
+    if n == 0:  # no label-free probe beside kNN (resolve_monitor refused it for a label-free monitor)
+        return RepresentationMonitor(probes, every=cfg.trainer.knn_every, at_start=cfg.trainer.knn_at_start)
+    pre = module.pretrain_set  # the images this run trains on (data.subset applied)
     if n is not None and n < len(pre):
         pre = pre.take(subset_indices(len(pre), None, n, seed=cfg.seed))  # class-blind, seeded
     # alignment: the views of the method's first two recipes as configured at the start (fixed over the run)
@@ -242,9 +247,10 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     monitor = build_monitor(cfg, splits, module, monitor_kind)
     if monitor is not None:
         callbacks.append(monitor)
-        log.info("monitor %s (trainer.monitor=%s): %s on %d pretraining images%s", monitor_kind, cfg.trainer.monitor,
-                 "kNN + RankMe / uniformity / alignment" if monitor_kind == "knn" else "RankMe / uniformity / alignment",
-                 len(monitor.probes[-1].images),
+        lf = next((p for p in monitor.probes if isinstance(p, LabelFreeProbe)), None)
+        label_free = f"RankMe / uniformity / alignment on {len(lf.images)} pretraining images" if lf else ""
+        log.info("monitor %s (trainer.monitor=%s): %s%s", monitor_kind, cfg.trainer.monitor,
+                 " + ".join(x for x in ("kNN" if monitor_kind == "knn" else "", label_free) if x),
                  f"; best.ckpt by {MONITOR_SELECTS[monitor_kind]}" if cfg.trainer.knn_every else "")
     ckpt_dir = run_dir / "checkpoints"
     # under DDP every rank holds these callbacks; they take rank 0's directory, and only rank 0 writes
