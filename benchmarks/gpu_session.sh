@@ -33,7 +33,7 @@ case "$stage" in
     $PY benchmarks/augment_throughput.py --workers 8 --batches 50 --compile --save
     $PY benchmarks/diagnostics_overhead.py --backbone resnet18 --batch 512 --steps 120 --every 5 --save
     # the CUDA-only tests (bf16 losses under autocast, device views) that CPU CI skips
-    $PY -m pytest -q -x tests/test_losses_api.py tests/test_augment.py tests/test_losses_graph.py tests/test_precision.py -k "cuda or bf16 or autocast" || true
+    $PY -m pytest -q -x tests/test_losses_api.py tests/test_augment.py tests/test_losses_graph.py tests/test_precision.py tests/test_engine.py -k "cuda or gpu or bf16 or autocast" || true
     ;;
   compare)
     seed="${2:-0}"

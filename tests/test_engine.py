@@ -100,7 +100,12 @@ def test_resume_equals_uninterrupted(method, tmp_path, fmnist_small):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_nan_loss_stops_with_step_named(tmp_path, fmnist_small, monkeypatch):
+@pytest.mark.parametrize("accelerator", [
+    "cpu",
+    # on a GPU the guard reads the loss through a pinned non-blocking copy and an event, not .item()
+    pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+])
+def test_nan_loss_stops_with_step_named(accelerator, tmp_path, fmnist_small, monkeypatch):
     from relssl.methods.simclr import SimCLR
 
     orig = SimCLR.training_step
@@ -112,11 +117,12 @@ def test_nan_loss_stops_with_step_named(tmp_path, fmnist_small, monkeypatch):
         return out
 
     monkeypatch.setattr(SimCLR, "training_step", bad)
-    cfg = tiny_config("simclr", tmp_path, "optim.epochs=2", "trainer.knn_at_start=false")
+    cfg = tiny_config("simclr", tmp_path, "optim.epochs=2", "trainer.knn_at_start=false",
+                      f"trainer.accelerator={accelerator}")
     with pytest.raises(TrainingError, match="non-finite loss at step 3 \\(simclr\\)"):
         pretrain(cfg, splits=fmnist_small, quiet=True)
     cfg = tiny_config("simclr", tmp_path, "optim.epochs=1", "trainer.nan_policy=skip", "trainer.knn_every=0",
-                      "trainer.knn_at_start=false")
+                      "trainer.knn_at_start=false", f"trainer.accelerator={accelerator}")
     res = pretrain(cfg, splits=fmnist_small, quiet=True)
     rows = read_metrics(res["run_dir"])
     assert sum(float(r["skipped_steps"]) for r in rows if r.get("skipped_steps")) == 6  # steps 3..8 of 9

@@ -127,22 +127,3 @@ def test_resume_under_bf16_channels_last_equals_uninterrupted(tmp_path, fmnist_t
     conv = next(k for k in a if k.endswith("weight") and a[k].dim() == 4)
     assert a[conv].is_contiguous(memory_format=torch.channels_last)  # saved as trained
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_nan_guard_on_cuda_reads_the_loss_through_the_pinned_copy(tmp_path, fmnist_tiny, monkeypatch):
-    # on a GPU the loss reaches the host by a non-blocking copy and an event, not .item()
-    from relssl.errors import TrainingError
-    from relssl.methods.simclr import SimCLR
-
-    orig = SimCLR.training_step
-
-    def bad(self, views, info):
-        out = orig(self, views, info)
-        if info.step >= 2:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    monkeypatch.setattr(SimCLR, "training_step", bad)
-    cfg = tiny_config("simclr", tmp_path, "optim.epochs=2", "trainer.knn_at_start=false", "trainer.accelerator=gpu")
-    with pytest.raises(TrainingError, match="non-finite loss at step 2 \\(simclr\\)"):
-        pretrain(cfg, splits=fmnist_tiny, quiet=True)
