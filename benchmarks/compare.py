@@ -615,7 +615,7 @@ def render_table(data: dict, out_json: Path) -> str:
     ]
     for r in rows:
         name = (r["combo"] + (" (no pretraining)" if r["baseline"] else "")
-                + (" (label oracle: trains on labels)" if "mask_false_negatives" in r["combo"] else "")
+                + (" (label oracle: trains on labels)" if is_oracle(r["combo"]) else "")
                 + (" †" if r["mixed_configs"] else ""))
         img = "-" if r["img_s"][0] is None else f"{r['img_s'][0]:,.0f}"
         mem = "-" if r["peak_mem_gib"][0] is None else f"{r['peak_mem_gib'][0]:.2f}"
@@ -639,7 +639,7 @@ def render_table(data: dict, out_json: Path) -> str:
         + "; **pretrain s**: wall time of pretraining including the per-epoch kNN monitor; **eval s**: feature "
         "extraction, kNN and linear probe. Means over seeds.",
     ]
-    if any("mask_false_negatives" in r["combo"] for r in rows):
+    if any(is_oracle(r["combo"]) for r in rows):
         lines.append("- **+mask_false_negatives** is the label-oracle control (docs/evaluation.md): the host's loss with "
                      "same-class negatives removed using the true labels. Not self-supervised: the upper bound a "
                      "false-negative method should approach at this budget.")
@@ -791,11 +791,18 @@ def select(methods: list[str], preset: Preset, best_from: Path) -> list[tuple[st
     return [combos[m] for m in dict.fromkeys(methods)]
 
 
+def is_oracle(combo: str) -> bool:
+    """A label-oracle control (it trains on the labels), not a self-supervised method."""
+    return "mask_false_negatives" in combo
+
+
 def best_combo(path: Path) -> str | None:
     data = read_results(path)
     if not data:
         return None
-    rows = [r for r in aggregate(data) if not r["baseline"] and r["linear_last_top1"][0] is not None]
+    # the best self-supervised combination: neither a no-pretraining baseline nor a label-oracle control
+    rows = [r for r in aggregate(data) if not r["baseline"] and r["linear_last_top1"][0] is not None
+            and not is_oracle(r["combo"])]
     if not rows:
         return None
     return max(rows, key=lambda r: (r["linear_last_top1"][0], r["knn_last_top1"][0] or 0.0))["combo"]

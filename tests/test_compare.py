@@ -78,6 +78,10 @@ def test_table_reports_last_epoch_mean_and_spread_not_best(compare, tmp_path):
     assert "python benchmarks/compare.py --preset gpu" in text
     row = next(r for r in compare.aggregate(data) if r["combo"] == "mocov2")
     assert row["curve"] == [(0, 70.0), (1, 90.0), (2, 91.0)]
+    # the long run's "best" is the best self-supervised combination, never the label oracle
+    data["runs"].append(run("simclr+mask_false_negatives", 0, 95.0, 96.0))
+    (tmp_path / "res.json").write_text(json.dumps(data))
+    assert compare.best_combo(tmp_path / "res.json") == "mocov2"
 
 
 @pytest.mark.usefixtures("fmnist")
