@@ -2,7 +2,7 @@
 # The GPU measurements this project still owes, in as few calls as a lent GPU session allows
 # (10 minutes a call, 30 minutes a session). Run from the repository root on the GPU machine:
 #
-#   bash benchmarks/gpu_session.sh speed            # ~6 min: throughput vs ceiling, augmentation, diagnostics cost, bf16 tests
+#   bash benchmarks/gpu_session.sh speed            # ~6 min: throughput vs ceiling, augmentation, diagnostics cost, WCL graph step, CUDA tests
 #   bash benchmarks/gpu_session.sh compare 0 540    # the equal-budget comparison, seed 0, stop starting runs after 540 s
 #   bash benchmarks/gpu_session.sh compare 1 540    # next call / next session: seed 1 (the JSON says what is done)
 #
@@ -32,6 +32,7 @@ case "$stage" in
     $PY benchmarks/throughput.py --save
     $PY benchmarks/augment_throughput.py --workers 8 --batches 50 --compile --save
     $PY benchmarks/diagnostics_overhead.py --backbone resnet18 --batch 512 --steps 120 --every 5 --save
+    $PY benchmarks/graph_step.py --save   # WCL's graph step (issue #7)
     # the CUDA-only tests (bf16 losses under autocast, device views) that CPU CI skips
     $PY -m pytest -q -x tests/test_losses_api.py tests/test_augment.py tests/test_losses_graph.py tests/test_precision.py tests/test_engine.py -k "cuda or gpu or bf16 or autocast" || true
     ;;
