@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from relssl.cli import list_recipes, resolve_recipe
@@ -57,3 +59,30 @@ def test_bad_files(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
+
+
+SEED_RECIPES = ("msvq", "pnnclr", "wcl", "mocov2_ascl", "byol_ascl")
+BASELINES = ("simclr", "mocov2", "byol", "simclr_bsim", "mocov2_bsim", "byol_bsim")
+
+
+def test_every_dataset_with_a_seed_recipe_has_its_baselines():
+    """The papers compare each seed method with SimCLR, MoCo v2 and BYOL on their datasets: a dataset
+    that ships a seed recipe ships those baselines and the BSIM combinations too, with the same
+    backbone, optimiser, batch and epochs as its seed recipes (equal budget)."""
+    from importlib.resources import files
+
+    root = files("relssl") / "configs"
+    datasets = [d.name for d in root.iterdir() if d.is_dir()
+                and any((d / f"{r}.yaml").is_file() for r in SEED_RECIPES)]
+    assert {"cifar10", "cifar100", "stl10", "tiny_imagenet", "fashion_mnist", "medmnist", "imagenet"} <= set(datasets)
+    for ds in datasets:
+        seed = load_config(resolve_recipe(f"{ds}/" + next(r for r in SEED_RECIPES if (root / ds / f"{r}.yaml").is_file())))
+        for name in BASELINES:
+            cfg = load_config(resolve_recipe(f"{ds}/{name}"))
+            assert cfg.backbone == seed.backbone, (ds, name)
+            # the same data settings; an unset crop size is the dataset's default (32 on Fashion-MNIST)
+            assert dataclasses.replace(cfg.data, crop_size=cfg.data.crop_size or 32) == dataclasses.replace(
+                seed.data, crop_size=seed.data.crop_size or 32), (ds, name)
+            assert (cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.warmup_epochs) == (
+                seed.optim.batch_size, seed.optim.epochs, seed.optim.warmup_epochs), (ds, name)
+            assert ("bsim" in cfg.plugins) == name.endswith("_bsim"), (ds, name)

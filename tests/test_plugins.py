@@ -8,8 +8,8 @@ from relssl.config import load_config
 from relssl.cli import resolve_recipe
 from relssl.engine import pretrain
 from relssl.errors import ConfigError
-from relssl.losses import ascl_loss, byol_loss, moco_loss
-from relssl.methods import build_method
+from relssl.losses import ascl_byol_loss, ascl_loss, byol_loss, moco_loss
+from relssl.methods import StepInfo, build_method
 from relssl.methods.plugins import build_plugins, plugins_config
 from relssl.nn import build_backbone
 from utils import SMALL_HEADS, read_metrics, tiny_config
@@ -58,11 +58,70 @@ def test_ascl_byol_form_differs_and_keeps_scale():
     m = host("byol")
     torch.manual_seed(1)
     p1, p2, z1, z2 = (torch.randn(8, 16) for _ in range(4))
-    plain = m.regress(p1, p2, z1, z2)
-    assert torch.equal(plain, byol_loss(p1, p2, z1, z2))
+    plain = m.regress(p1, z2) + m.regress(p2, z1)
+    assert torch.equal(plain, byol_loss(p1, p2, z1, z2))  # the symmetric host sums both directions
     build_plugins(plugins_config(["ascl"], "byol"), m)
-    soft = m.regress(p1, p2, z1, z2)
-    assert soft != plain and 0 <= soft.item() <= 8
+    soft = m.regress(p1, z2)
+    assert torch.equal(soft, ascl_byol_loss(p1, z2, t2=0.05, nn_num=1))
+    assert soft != m.regress(p1, p1) and 0 <= soft.item() <= 4
+
+
+def _byol_step(m, x1, x2):
+    """A BYOL training step that records which views reach the online network and the target."""
+    seen = {"online": [], "teacher": []}
+    hooks = [getattr(m, part).register_forward_pre_hook(lambda mod, args, part=part: seen[part].append(args[0]))
+             for part in ("online", "teacher")]
+    out = m.training_step([x1, x2], StepInfo(step=0, progress=0.0))
+    for h in hooks:
+        h.remove()
+    return out, seen
+
+
+def test_ascl_byol_official_form_is_one_direction():
+    torch.manual_seed(2)
+    x1, x2 = torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16)
+    m = host("byol", symmetric=False)
+    build_plugins(plugins_config(["ascl"], "byol"), m)
+    m.eval()  # BatchNorm from running statistics: the recomputation below sees the same function
+    out, seen = _byol_step(m, x1, x2)
+    # the online network sees the strong view (view 1) only, the target the weak view (view 2) only
+    assert [t.data_ptr() for t in seen["online"]] == [x1.data_ptr()]
+    assert [t.data_ptr() for t in seen["teacher"]] == [x2.data_ptr()]
+    with torch.no_grad():
+        expected = ascl_byol_loss(m.predictor(m.online(x1)), m.teacher(x2), t2=0.05, nn_num=1)
+    torch.testing.assert_close(out["loss"], expected)
+    # symmetric: true sums both directions, each encoder seeing both views
+    s = host("byol", symmetric=True)
+    build_plugins(plugins_config(["ascl"], "byol"), s)
+    s.load_state_dict(m.state_dict())
+    s.eval()
+    out2, seen2 = _byol_step(s, x1, x2)
+    assert [t.shape[0] for t in seen2["online"]] == [16] and [t.shape[0] for t in seen2["teacher"]] == [16]
+    with torch.no_grad():
+        p1, p2 = s.predictor(s.online(x1)), s.predictor(s.online(x2))
+        z1, z2 = s.teacher(x1), s.teacher(x2)
+        both = ascl_byol_loss(p1, z2, t2=0.05, nn_num=1) + ascl_byol_loss(p2, z1, t2=0.05, nn_num=1)
+    torch.testing.assert_close(out2["loss"], both)
+
+
+ASCL_DATASETS = ["cifar10", "cifar100", "stl10", "tiny_imagenet", "fashion_mnist"]
+
+
+@pytest.mark.parametrize("dataset", ASCL_DATASETS)
+def test_ascl_recipes_follow_the_official_code(dataset):
+    byol = load_config(resolve_recipe(f"{dataset}/byol_ascl"))
+    assert byol.method["symmetric"] is False and byol.views == ["strong", "weak"]
+    backbone, dim = build_backbone("convnet_tiny", in_channels=1)
+    m = build_method(byol.method, backbone, dim)
+    # the official ASCL projector: Linear -> ReLU -> Linear, no BatchNorm; the predictor keeps its BN
+    assert [type(layer) for layer in m.online.projector] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert torch.nn.BatchNorm1d in {type(layer) for layer in m.predictor}
+    with_bn = build_method({**byol.method, "proj_bn": True}, *build_backbone("convnet_tiny", in_channels=1))
+    assert [type(layer) for layer in with_bn.online.projector] == [
+        torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Linear]
+    # official ASCL queue: K = 4096 on every dataset (K enters the confidence through log K)
+    moco = load_config(resolve_recipe(f"{dataset}/mocov2_ascl"))
+    assert moco.method["queue_size"] == 4096 and moco.views == ["strong", "weak"]
 
 
 def test_mixup_values_per_sample_and_lambda_one():

@@ -185,10 +185,21 @@ def check_index(fn: str, name: str, idx: Any, n: int, high: int) -> Tensor:
         raise fail(fn, f"{name} must be an integer tensor, got dtype {idx.dtype}")
     if tuple(idx.shape) != (n,):
         raise fail(fn, f"{name} must have shape ({n},), got {tuple(idx.shape)}")
-    if n > 0 and (int(idx.min()) < 0 or int(idx.max()) >= high):
-        raise fail(fn, f"{name} values must lie in [0, {high}), got min {int(idx.min())} "
-                       f"and max {int(idx.max())}")
+    if n > 0:
+        values_hold(((idx >= 0) & (idx < high)).all(), fn, f"{name} values must lie in [0, {high})",
+                    lambda: f"min {int(idx.min())} and max {int(idx.max())}")
     return idx.long()
+
+
+def values_hold(ok: Tensor, fn: str, rule: str, found) -> None:
+    """Check a 0-d boolean tensor computed from tensor values. On CUDA the check is a device assert
+    saying ``rule`` (reading ``ok`` back would stall the GPU every step; a bad value still fails,
+    asynchronously); elsewhere a ``LossArgumentError`` saying ``rule`` and ``found()`` (a callable
+    that describes the bad values, called only on failure)."""
+    if ok.device.type == "cuda":
+        torch._assert_async(ok, f"{fn}: {rule}")
+    elif not bool(ok):
+        raise fail(fn, f"{rule}, got {found()}")
 
 
 def check_fraction(fn: str, name: str, value: Any, n: int, dtype: torch.dtype,
@@ -204,13 +215,9 @@ def check_fraction(fn: str, name: str, value: Any, n: int, dtype: torch.dtype,
             raise fail(fn, f"{name} must be a number or a tensor of shape () or ({n},), "
                            f"got shape {tuple(value.shape)}")
         value = value.detach().to(device=device, dtype=dtype)
-        if n > 0 and value.device.type == "cuda":
-            # checked on the device: reading the result back would stall the GPU every step
-            # (BSIM's lambda, pNNCLR's per-sample t); a bad value still fails, as a device assert
-            torch._assert_async(((value >= 0) & (value <= 1)).all(), f"{fn}: {name} values must lie in [0, 1]")
-        elif n > 0 and not bool(((value >= 0) & (value <= 1)).all()):
-            raise fail(fn, f"{name} values must lie in [0, 1], got min {float(value.min())} "
-                           f"and max {float(value.max())}")
+        if n > 0:  # BSIM's lambda, pNNCLR's per-sample t: on the device on a GPU
+            values_hold(((value >= 0) & (value <= 1)).all(), fn, f"{name} values must lie in [0, 1]",
+                        lambda: f"min {float(value.min())} and max {float(value.max())}")
         return value
     if not _is_real(value) or not (0.0 <= float(value) <= 1.0):
         raise fail(fn, f"{name} must lie in [0, 1], got {value!r}")
@@ -227,6 +234,21 @@ def check_noise(fn: str, name: str, noise: Any, shape: tuple[int, ...]) -> Tenso
     if not ok:
         raise fail(fn, f"{name} must be broadcastable to {shape}, got shape {tuple(noise.shape)}")
     return noise
+
+
+def drop_diagonal(x: Tensor) -> Tensor:
+    """``(N, N) -> (N, N - 1)``: each row without its diagonal entry, in column order.
+
+    Static shapes only (``x[~eye]`` would make a GPU report the mask's count to the host)."""
+    n = x.shape[0]
+    return x.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
+
+
+def with_diagonal(x: Tensor, value: float) -> Tensor:
+    """``(N, N - 1) -> (N, N)``: the inverse of :func:`drop_diagonal`, ``value`` on the diagonal."""
+    n = x.shape[0]
+    body = torch.cat([x.reshape(n - 1, n), x.new_full((n - 1, 1), value)], dim=1).flatten()
+    return torch.cat([x.new_full((1,), value), body]).view(n, n)
 
 
 def offdiag_mask(n: int, device: torch.device) -> Tensor:

@@ -23,7 +23,8 @@ from relssl.losses._common import (
     fail,
     full_precision,
     l2n,
-    offdiag_mask,
+    drop_diagonal,
+    with_diagonal,
 )
 from relssl.losses.contrastive import _moco, _moco_logits, check_query_key_queue
 
@@ -244,11 +245,10 @@ def ascl_byol_loss(h: Tensor, k: Tensor, t2: float = 0.05, nn_num: int = 1) -> T
     dtype = compute_dtype(h, k)
     kn = l2n(k.detach(), dtype)
     with torch.no_grad():
-        off = offdiag_mask(n, kn.device)
-        s = (kn @ kn.T)[off].view(n, n - 1) / tau2
+        s = drop_diagonal(kn @ kn.T) / tau2  # (N, N - 1): row i without column i
         p, c = _confidence(s, math.log(n - 1))
         w = (num * c[:, None] * p).clamp(max=1.0)
-        y = torch.eye(n, dtype=dtype, device=kn.device).masked_scatter(off, w)
+        y = with_diagonal(w, 1.0)
         y = y / y.sum(dim=1, keepdim=True)
     sim = l2n(h, dtype) @ kn.T  # (N, N)
     return (2.0 - 2.0 * (y * sim).sum(dim=1)).mean()

@@ -1,19 +1,23 @@
 """ASCL plug-in (Feng & Patras, ICPR 2022): adaptive soft targets for MoCo v2 and BYOL hosts.
 
-Spec: shared/methods/msvq-ascl-msf-moco.md section 2. ASCL replaces the host's one-hot target:
+ASCL replaces the host's one-hot target:
 
 * MoCo v2 host: InfoNCE over [positive key, queue] with the soft target of ``ascl_targets`` (the
   positive keeps weight 1, each queue entry gets min(nn_num * c * p, 1) with p the key's
   sharpened (t2) similarity distribution over the queue and c = 1 - H(p) / log K its confidence),
   logits at temperature t1. ``relation``: ascl (the method), ahcl (hard top-nn_num weighted by c),
-  hard (top-nn_num, weight 1), moco (plain MoCo at temperature t1).
-* BYOL host: batch-internal soft targets, no queue (``ascl_byol_loss``), applied in both
-  directions (our host is symmetric BYOL; the official BYOL form is one-directional).
+  hard (top-nn_num, weight 1), moco (plain MoCo at temperature t1). K enters c through log K, so
+  the official queue of 4096 is the default of every ASCL recipe.
+* BYOL host: batch-internal soft targets, no queue (``ascl_byol_loss``), in place of each
+  direction's regression term. The official form, which the ``byol_ascl`` recipes use, is one
+  direction (the host's ``symmetric: false``: strong view online, weak view through the target)
+  with the MoCo v2 projector (``proj_bn: false``, Linear -> ReLU -> Linear); ``symmetric: true``
+  sums both directions at twice the encoder passes per step.
 
 The official repository does not run as shipped (``NameError`` in ``ASCL.__init__``; its two
 entry points pass ``--K`` as the queue size in one and the neighbour count in the other). We
-follow the spec's reading: queue 4096 and ``nn_num`` = the neighbour multiplier (default 1;
-the README's CIFAR-100 example uses 5).
+read it as queue 4096 and ``nn_num`` = the neighbour multiplier (default 1; the README's
+CIFAR-100 example uses 5).
 
 Other hosts: any host exposing ``contrast(q, k, queue)`` can take the MoCo form; MSF and NNCLR
 do not have a one-hot InfoNCE-with-queue target to soften, so they are not offered here.
@@ -65,12 +69,9 @@ class ASCL(nn.Module):
 
             host.contrast = contrast
         elif host.name == "byol":
-            def regress(p1, p2, zt1, zt2):
+            def regress(p, zt):
                 # batch-internal targets over the global batch (identity with one process)
-                p1, p2 = gather_with_grad(torch.stack([p1, p2], dim=1)).unbind(1)
-                zt1, zt2 = gather_no_grad(torch.stack([zt1, zt2], dim=1)).unbind(1)
-                return (ascl_byol_loss(p1, zt2, t2=c.t2, nn_num=c.nn_num)
-                        + ascl_byol_loss(p2, zt1, t2=c.t2, nn_num=c.nn_num))
+                return ascl_byol_loss(gather_with_grad(p), gather_no_grad(zt), t2=c.t2, nn_num=c.nn_num)
 
             host.regress = regress
 

@@ -24,9 +24,9 @@ Choices:
   0 the teachers equal the student, so the official first update is a no-op).
 * Weak views: the official runs flip with p = 0.9 (``RandomHorizontalFlip(0.9)``, spec 1(i)3).
   This is set through the view recipes: the packaged recipes say
-  ``augment: {weak: {flip_p: 0.9}}`` (override it there). ``default_augment`` records that
-  default for an engine that merges per-method recipe defaults; the current engine does not
-  read it, so a run without a packaged recipe uses the ``weak`` preset's flip_p (0.5).
+  ``augment: {weak: {flip_p: 0.9}}``, and ``default_augment`` makes it the method's default:
+  the engine applies it under the user's ``augment:`` section, so a run without a packaged recipe
+  gets 0.9 too (``augment.weak.flip_p=0.5`` for the common value).
 * Monitoring: ``target_entropy`` (mean entropy, in nats, of teacher 1's soft label for x2 over
   queue 1; ``log K`` = uniform, 0 = one-hot) and ``target_max`` (its mean largest probability).
   One extra (N x K) product, no host synchronisation.

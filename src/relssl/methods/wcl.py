@@ -103,15 +103,18 @@ def graph_stats(embeddings: list[torch.Tensor],
     Each ``(N, D)`` tensor (one per view) is l2-normalised, every row linked to its most
     cosine-similar other row, and the connected components taken as weak labels (as in
     ``wcl_loss``). Returns the means over the views of N / #components and of the fraction of
-    pairs ``(i, j), i != j`` in the same component whose ``labels`` agree.
+    pairs ``(i, j), i != j`` in the same component whose ``labels`` agree. Computed every step, so
+    it uses the fixed-round ``nn_graph_labels`` (a component's id is one of its nodes: the
+    components are counted as the nodes that are their own id) and never synchronises a GPU.
     """
     sizes, purities = [], []
     for g in embeddings:
         b = F.normalize(g.detach().float(), dim=1)
-        eye = torch.eye(b.shape[0], dtype=torch.bool, device=b.device)
-        comp = connected_components((b @ b.T).masked_fill(eye, float("-inf")).argmax(dim=1))
-        sizes.append(b.shape[0] / (comp.max() + 1).float())
+        comp = nn_graph_labels(one_nn_index(b))
+        n = b.shape[0]
+        sizes.append(n / (comp == torch.arange(n, device=b.device)).sum().float())
         if labels is not None:
+            eye = torch.eye(n, dtype=torch.bool, device=b.device)
             pos = (comp[:, None] == comp[None, :]) & ~eye
             agree = pos & (labels[:, None] == labels[None, :])
             purities.append(agree.sum() / pos.sum().float())  # every node has a positive
