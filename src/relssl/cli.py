@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from relssl.errors import RelsslError
+from relssl.errors import RelsslError, RunInterrupted
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export, "embed": cmd_embed,
                     "report": cmd_report, "demo": cmd_demo, "list": cmd_list}
         return commands[args.command](args)
+    except RunInterrupted as err:
+        print(f"relssl: {err}", file=sys.stderr)
+        return err.exit_code
     except RelsslError as err:
         print(f"relssl: error: {err}", file=sys.stderr)
         return 2

@@ -19,3 +19,13 @@ class CheckpointError(RelsslError):
 
 class TrainingError(RelsslError):
     """Training cannot continue (for example a non-finite loss)."""
+
+
+class RunInterrupted(RelsslError):
+    """A run stopped on SIGTERM or SIGINT after writing a resumable checkpoint.
+
+    ``exit_code`` is the shell's convention for the signal (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

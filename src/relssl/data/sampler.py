@@ -1,7 +1,8 @@
 """Index batches: the training loop receives only sample indices; images stay on the device.
 
 Each epoch's order is a pure function of (seed, epoch), so a run resumed at an epoch boundary
-sees exactly the batches an uninterrupted run would. With several processes, each takes its
+sees exactly the batches an uninterrupted run would; a run resumed mid-epoch (after SIGTERM or
+SIGINT) skips the batches its checkpoint had already trained on (``resume_at``). With several processes, each takes its
 rank's contiguous slice of every global batch, so the global batch is the same as one process
 would draw with the global batch size.
 """
@@ -28,9 +29,16 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next pass over ``epoch`` starts after its first ``batches_done`` batches (once)."""
+        if batches_done < 0:
+            raise ValueError(f"batches_done must be >= 0, got {batches_done}")
+        self._resume = (epoch, batches_done)
 
     def __len__(self) -> int:
         g = self.batch_size * self.world_size
@@ -43,7 +51,11 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
         else:
             order = torch.arange(self.num_samples)
         g = self.batch_size * self.world_size
-        for i in range(len(self)):
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+        self._resume = None
+        for i in range(start, len(self)):
             block = order[i * g:(i + 1) * g]
             yield block[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 

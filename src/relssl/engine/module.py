@@ -120,6 +120,8 @@ class PretrainModule(L.LightningModule):
         self._pending_step = 0
         self._drop_update = False  # a step skipped on every rank under DDP (nan_policy=skip)
         self._skipped = False  # this step was skipped: no EMA update after it either
+        self._batches_done = 0  # batches trained in the current epoch (saved: a mid-epoch resume skips them)
+        self._resume_position: dict | None = None
         self.steps_per_epoch = len(pre) // (cfg.optim.batch_size * max(1, self._world_size_hint()))
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -142,6 +144,8 @@ class PretrainModule(L.LightningModule):
         n = len(self.pretrain_set)
         sampler = EpochBatchSampler(n, self.cfg.optim.batch_size, seed=self.cfg.seed,
                                     rank=self.global_rank, world_size=self.trainer.world_size)
+        if self._resume_position is not None:  # a checkpoint written mid-epoch (SIGTERM / SIGINT)
+            sampler.resume_at(self._resume_position["epoch"], self._resume_position["batches_done"])
         if self.file_backed:
             workers = self.cfg.data.num_workers
             return DataLoader(DecodedBatchDataset(self.pretrain_set), sampler=sampler, batch_size=None,
@@ -285,6 +289,7 @@ class PretrainModule(L.LightningModule):
         self._pending_loss = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._batches_done += 1  # skipped steps too: the sampler has moved past them
         if outputs is None or self._skipped:  # Lightning hands a skipped step's hook {} (not None)
             self._skipped = False
             return
@@ -300,6 +305,9 @@ class PretrainModule(L.LightningModule):
         self._t_last = now
 
     def on_train_epoch_start(self) -> None:
+        pos = self._resume_position  # a mid-epoch resume: the sampler skips what was trained
+        self._batches_done = pos["batches_done"] if pos and pos["epoch"] == self.current_epoch else 0
+        self._resume_position = None
         self._t_last = None
         self._ema_dt = None
         # a method may change its views with the epoch (WCL's weak-then-SimCLR schedule)
@@ -320,6 +328,8 @@ class PretrainModule(L.LightningModule):
         methods and libraries may draw from the global generators; restoring them keeps a resumed
         run on the same path. Stored without NumPy objects so the file loads with weights_only.
         """
+        # where in the epoch this checkpoint was written: an interrupted run resumes after these batches
+        checkpoint["relssl_position"] = {"epoch": self.current_epoch, "batches_done": self._batches_done}
         np_state = np.random.get_state()
         checkpoint["relssl_rng"] = {
             "torch": torch.get_rng_state(),
@@ -330,6 +340,9 @@ class PretrainModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        pos = checkpoint.get("relssl_position")
+        if pos and 0 < pos["batches_done"] < self.steps_per_epoch:
+            self._resume_position = dict(pos)
         rng = checkpoint.get("relssl_rng")
         if not rng:
             return

@@ -21,15 +21,17 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from relssl.config import Config, config_from_dict, dump_config
 from relssl.data import DatasetSplits, load_dataset
 from relssl.data.core import subset_indices
 from relssl.engine.callbacks import KNNProbe, LabelFreeProbe, RepresentationMonitor
 from relssl.engine.checkpoint import AtomicCheckpointIO, load_checkpoint_file
+from relssl.engine.lifecycle import AppendingCSVLogger, GracefulStop, InterruptCheckpoint, write_json_atomic
 from relssl.engine.module import PretrainModule
-from relssl.errors import ConfigError, DataError, TrainingError
+from relssl.errors import ConfigError, DataError, RunInterrupted, TrainingError
 
 log = logging.getLogger("relssl")
 
@@ -266,7 +268,7 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         # each refresh turns the bar's tensors (loss) into numbers, which waits for the GPU: on a GPU
         # refresh as often as the loggers write (trainer.log_every_n_steps), not every step
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps if accelerator == "gpu" else 1))
-    loggers = [CSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+    loggers = [AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         precision=precision, max_epochs=cfg.optim.epochs,
@@ -285,12 +287,27 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     if rank_zero:
         os.environ[RUN_DIR_ENV] = str(run_dir)
     t0 = time.perf_counter()
+    stop = GracefulStop(trainer)
+    trainer.callbacks.append(InterruptCheckpoint(ckpt_dir / "last.ckpt", stop))
     try:
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         # the monitor runs every trainer.knn_every epochs: the best-checkpoint callback skips the others
         warnings.filterwarnings("ignore", message=".*monitor='(knn_top1|rankme)'.*could not find the monitored key.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-        trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        try:
+            with stop:
+                trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        except SIGTERMException:
+            interrupted = stop.describe(trainer)
+            if trainer.is_global_zero:
+                partial = {"run_dir": str(run_dir), "method": cfg.method["name"], "dataset": cfg.data.dataset,
+                           "finished": False, "interrupted": interrupted,
+                           "wall_seconds": round(time.perf_counter() - t0, 2), "environment": environment()}
+                write_json_atomic(run_dir / "results.json", partial)
+            raise RunInterrupted(
+                f"interrupted by {interrupted['signal']} at step {interrupted['step']} (epoch {interrupted['epoch']}); "
+                f"a resumable checkpoint is in {ckpt_dir / 'last.ckpt'}: continue with relssl pretrain --resume {run_dir}",
+                exit_code=128 + interrupted["signum"]) from None
         if trainer.is_global_zero:
             _wait_for_launched_processes(trainer)
     finally:
@@ -327,8 +344,10 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         "rankme_last": lf_hist[-1]["rankme"] if lf_hist else None,
         "rankme_best": _nanmax(h["rankme"] for h in lf_hist),
         "rankme_history": lf_hist,
+        "finished": True,
         "environment": environment(),
     }
     if trainer.is_global_zero:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_json_atomic(run_dir / "results.json", results)
     return results
+

@@ -184,7 +184,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     lines = [f"# Run report: {run_dir.name}", "",
              f"**{method}** on **{dataset}**, backbone **{backbone}**."]
-    if results:
+    if results.get("interrupted"):
+        stop = results["interrupted"]
+        lines += ["", f"**Interrupted** by {stop.get('signal')} at step {stop.get('step')} (epoch {stop.get('epoch')}): "
+                      f"not finished; `relssl pretrain --resume {run_dir}` continues it."]
+    elif results:
         lines[-1] += (f" {results.get('epochs_done')} epochs, {results.get('steps')} steps, "
                       f"{_fmt(results.get('wall_seconds'), 0)} s of training.")
     else:

@@ -1,9 +1,16 @@
 """Methods: plain ``nn.Module``s composed from ``relssl.nn`` parts and a ``relssl.losses`` loss.
 
-A method declares ``name``, ``default_views`` (one augmentation recipe per view it takes), a
+A method declares ``name``, ``default_views`` (one augmentation recipe per main view it takes), a
 ``Config`` dataclass of its options, ``backbone`` (the network evaluated downstream),
 ``training_step(views, info) -> {"loss": ..., other metrics}`` and
-``after_optimizer_step(info)`` (EMA teachers). It knows nothing of Lightning, files or logging.
+``after_optimizer_step(info)`` (EMA teachers). Entries of the returned dict whose key starts with
+``_`` (``_keys``, ``_diag``, ...) go to plug-ins and the engine and are not logged. Optional hooks:
+``default_augment`` (per-preset recipe defaults, under the user's ``augment:``) and the classmethod
+``extra_views`` (config-dependent views after the main ones), both read by the engine's
+``view_recipes``; ``views_for_epoch(epoch)``, asked by the engine at each epoch start unless the
+config sets ``views``; the classmethod ``check_run_config(cfg)``, called by ``config_from_dict``
+for checks across config sections; ``encode_query(x)``, the query / online branch for plug-ins.
+It knows nothing of Lightning, files or logging.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ entry points pass ``--K`` as the queue size in one and the neighbour count in th
 read it as queue 4096 and ``nn_num`` = the neighbour multiplier (default 1; the README's
 CIFAR-100 example uses 5).
 
-Other hosts: any host exposing ``contrast(q, k, queue)`` can take the MoCo form; MSF and NNCLR
-do not have a one-hot InfoNCE-with-queue target to soften, so they are not offered here.
+Other hosts: none. ``attach`` replaces MoCo v2's ``contrast(q, k, queue)`` or BYOL's
+``regress(p, zt)``, chosen by the host's name, and the config refuses any host outside ``hosts``;
+MSF and NNCLR do not have a one-hot InfoNCE-with-queue target to soften.
 """
 
 from __future__ import annotations

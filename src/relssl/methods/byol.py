@@ -77,7 +77,7 @@ class BYOL(nn.Module):
         return byol_regression(p, zt)
 
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
-        """The online branch up to the predictor (for plug-ins that add views, e.g. BSIM)."""
+        """The online branch, predictor included (for plug-ins that add views, e.g. BSIM)."""
         return self.predictor(self.online(x))
 
     @torch.no_grad()

@@ -13,12 +13,15 @@ from relssl.errors import ConfigError
 class StepInfo:
     """Context of one training step, handed to a method by the engine.
 
-    ``index`` are the dataset indices of the batch (stored beside queue entries for diagnostics),
-    ``labels`` the class labels when the dataset has them (monitoring only: no method may train on
-    them), ``step`` the global optimizer step, ``progress`` = step / total steps in [0, 1], and
-    ``generator`` the seeded random source of this step (shuffle-BN permutations and the like).
-    ``diagnose``: the engine asks for false-negative diagnostics this step (a method may then
-    return them under ``out["_diag"]``, see ``relssl.methods.diagnose``).
+    ``index`` are the dataset indices of the batch (stored beside queue entries for diagnostics;
+    NNCLR's ``exclude_self`` also searches with them), ``labels`` the class labels when the dataset
+    has them (monitoring only: no method trains on them, except under the label-oracle control
+    ``plugins: [mask_false_negatives]``, see ``relssl.methods.oracle``), ``step`` the global
+    optimizer step, ``progress`` = step / total steps in [0, 1], and ``generator`` the seeded random
+    source of this step (shuffle-BN permutations and the like). ``diagnose``: the engine asks for
+    false-negative diagnostics this step (a method may then return them under ``out["_diag"]``, see
+    ``relssl.methods.diagnose``). ``after_optimizer_step`` gets only ``step`` (already advanced past
+    the optimizer step) and ``progress``.
     """
 
     step: int

@@ -5,7 +5,8 @@
 Each helper turns tensors the step already computed into a flat dict of 0-d tensors (no host
 sync here; the engine converts and logs them as ``diag/<key>``), using the pure functions of
 :mod:`relssl.evaluate.diagnostics`. Labels are read for monitoring only. The statistics are
-per process (each rank's own batch against the shared queue). To keep the cost small, the
+per process (each rank's own batch against the shared queue), except WCL's graph statistics and
+BSIM's mixture profile, which use the gathered global batch. To keep the cost small, the
 anchor-wise rates use the first :data:`MAX_ANCHORS` anchors of the batch (the batch is a
 random draw, so they are a random sample) against all of the step's candidates.
 """

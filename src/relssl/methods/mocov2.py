@@ -82,7 +82,7 @@ class MoCoV2(nn.Module):
             loss = contrast(q1, k2, queue)
         self.queue.enqueue(k2, index=info.index, labels=info.labels, step=info.step)
         # "_" entries are for plug-ins (BSIM, ASCL) and the engine, not logged: the keys of view 2,
-        # the queue used (and its labels on diagnostic steps), the diagnostics
+        # the queue used (and its labels on diagnostic steps), view 1's queries, the diagnostics
         out = {"loss": loss, "_keys": k2, "_negatives": queue, "_query": q1}
         if info.diagnose:
             out["_negative_labels"] = queue_labels

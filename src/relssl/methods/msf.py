@@ -22,9 +22,10 @@ Choices:
   (``--augmentation weak/strong`` = target weak, query strong); the weak flip keeps the official
   p = 0.5 (the pc-cp baselines use 0.9: ``augment.weak.flip_p``).
 * Bank size: the spec says "as large as memory allows" (128K / 1.024M on ImageNet); the default
-  and the small-data recipes use 16384. Any size ``>= topk`` works (no ``K % batch`` assertion).
-  Because the batch is written before the search, a bank smaller than the (gathered) batch keeps
-  only the batch's last K targets and the others do not find themselves: use K >= batch size.
+  and the small-data recipes use 16384. No ``K % batch`` assertion, but K must be ``>= topk``
+  (``Config.validate``) and ``>= the global batch`` (``check_run_config``, before any work):
+  because the batch is written before the search, a smaller bank would keep only the batch's
+  last K targets and the others would not find themselves.
 * EMA after every optimizer step (official: inside the target branch of the next forward; the
   same sequence of target weights). The 1/topk averaging of the official code is kept.
 * Monitoring, when labels are given: ``purity`` = fraction of the (row, neighbour) pairs of the

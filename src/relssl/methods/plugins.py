@@ -3,7 +3,9 @@
 A plug-in has ``name``, ``hosts`` (the methods it fits), a ``Config`` dataclass,
 ``attach(host)`` (called once: e.g. ASCL swaps the host's loss term) and
 ``after_host_step(host, views, info, out) -> out`` (called by the engine after the host's
-``training_step``: e.g. BSIM adds its mixture term to ``out["loss"]``).
+``training_step``: e.g. BSIM adds its mixture term to ``out["loss"]``). A plug-in with
+``uses_labels = True`` (the label oracle) makes the engine refuse a pretraining split without
+labels and write ``uses_labels: true`` into the run's results.
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ step's keys are written (MemoryBankModule returns the old bank, then writes) = o
 (``relation_ce`` from ``msvq.py``). Then the teacher's embeddings are enqueued.
 
 Choices: asymmetric (the pc-cp default; its ``symmetric`` flag is not offered). tau_t 0.04,
-tau_s 0.1 (hard-coded there), m 0.99 (CIFAR; 0.996 Tiny ImageNet in the recipes), K 4096
-(16384 on STL-10 / Tiny ImageNet). The EMA runs after every optimizer step (the pc-cp code does
-it at the start of the next forward: the same sequence of teacher weights). Weak views flip with
-p = 0.9 like every pc-cp baseline (set by the packaged recipes' ``augment.weak.flip_p``; see
-``msvq.py`` on ``default_augment``). Monitoring: ``target_entropy`` and ``target_max`` of the
-teacher's soft label, as in MSVQ.
+tau_s 0.1 (hard-coded there), m 0.99 (CIFAR; 0.996 on STL-10 / Tiny ImageNet in the recipes), K
+4096 (16384 on STL-10 / Tiny ImageNet). The EMA runs after every optimizer step (the pc-cp code
+does it at the start of the next forward: the same sequence of teacher weights). Weak views flip
+with p = 0.9 like every pc-cp baseline: ReSSL's ``default_augment`` makes it the default, under
+the user's ``augment:`` section, as in MSVQ (the packaged recipes also say
+``augment.weak.flip_p: 0.9``). Monitoring: ``target_entropy`` and ``target_max`` of the teacher's
+soft label, as in MSVQ.
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ Choices (code = official repo, paper = the ICCV paper as the spec recalls it):
     ``engine.module.view_recipes``) of the main views' preset of the epoch (MoCo v2 aug+ in the
     weak epochs, then SimCLR aug) at ``multicrop_size`` px (default ``max(8, round(crop / 2))``:
     16 px for 32-px images; the paper's 96 px at 224 is ``multicrop_size=96``) and crop area
-    ``multicrop_scale`` (default SwAV's (0.05, 0.14) for crops of 96 px and more; below, (0.14,
-    0.5), our choice: a 5% crop of a 32-px image is a ~7-px patch of a centred object, so the range
-    starts where SwAV's ends and stops at half the image).
+    ``multicrop_scale`` (default SwAV's (0.05, 0.14) when the main crops are 96 px or more; below,
+    (0.14, 0.5), our choice: a 5% crop of a 32-px image is a ~7-px patch of a centred object, so
+    the range starts where SwAV's ends and stops at half the image).
   - Embedding: the small crops (all of one size) take one pass of their own through the backbone
     and the graph head (their own BN statistics; SwAV instead runs its head over all crops at
     once), so the two-view part of the loss sees exactly the embeddings it sees without them and
@@ -65,11 +65,12 @@ Choices (code = official repo, paper = the ICCV paper as the spec recalls it):
     crops accepted) and ``multicrop_loss`` (the unweighted term).
   - Why off by default: unverified rule, an extra forward per step, and early in training few
     crops pass the rule (the 1-NN of a random embedding is rarely its own sample).
-* Monitoring (no gradient, no host sync beyond the graph search the loss already does), over the
-  global batch and averaged over the two views: ``graph_size`` = mean connected-component size
-  (N / #components), ``graph_purity`` (only when labels are known) = fraction of the ordered
-  positive pairs ``i != j`` of the weak-label mask whose true classes agree;
-  ``instance_loss`` = the NT-Xent term and ``graph_loss`` = the unweighted graph term.
+* Monitoring (``graph_metrics``, on by default; no gradient, no host synchronisation: the graphs
+  are recomputed with the fixed-round ``nn_graph_labels``), over the global batch and averaged
+  over the two views: ``graph_size`` = mean connected-component size (N / #components),
+  ``graph_purity`` (only when labels are known) = fraction of the ordered positive pairs
+  ``i != j`` of the weak-label mask whose true classes agree; ``instance_loss`` = the NT-Xent
+  term and ``graph_loss`` = the unweighted graph term (only when ``graph_weight > 0``).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def multicrop_geometry(size: int | None, scale, crop_size: int) -> tuple[int, tu
 
     ``size=None``: ``max(8, round(crop_size / 2))`` capped at ``crop_size`` (16 px for 32-px
     images, 32 for 64, 112 for 224; the paper's 96 px at 224 is ``multicrop_size=96``).
-    ``scale=None``: SwAV's (0.05, 0.14) for crops of 96 px and more, else (0.14, 0.5). Raises a
-    one-line ``ConfigError`` when ``size`` exceeds ``crop_size``.
+    ``scale=None``: SwAV's (0.05, 0.14) for main crops of 96 px and more, else (0.14, 0.5).
+    Raises a one-line ``ConfigError`` when ``size`` exceeds ``crop_size``.
     """
     if size is None:
         size = min(crop_size, max(8, round(crop_size / 2)))
@@ -213,7 +214,7 @@ class WCL(nn.Module):
         multicrop: int = 0  # number of extra small crops per image (0 = off: the official two views)
         multicrop_size: int | None = None  # px; None = max(8, round(crop_size / 2)), capped at crop_size
         multicrop_scale: list[float] | None = None  # crop area range; None = (0.05, 0.14) (SwAV) for
-        #   crops >= 96 px, (0.14, 0.5) for smaller images
+        #   main crops >= 96 px, (0.14, 0.5) for smaller ones
         multicrop_rule: str = "self"  # self | component
         multicrop_weight: float = 1.0
         graph_metrics: bool = True
@@ -312,7 +313,7 @@ class WCL(nn.Module):
                     out["graph_loss"] = (two_view.detach() - instance) / cfg.graph_weight
             labels = None if info.labels is None else gather_no_grad(info.labels)
             out.update(graph_stats([g1, g2], labels))
-        if info.diagnose:  # this process's rows: in-batch negatives, and view 1's weak-label graph
+        if info.diagnose:  # in-batch negatives of this process's rows; view 1's weak-label graph (global)
             b = x1.shape[0]
             lo = rank() * b if a1.shape[0] > b else 0
             diag = batch_diagnostics(a1[lo:lo + b], a2[lo:lo + b], info, cfg.temperature)

@@ -1,0 +1,167 @@
+"""Which small backbone and recipe learn most per CPU second? kNN against training seconds.
+
+    python benchmarks/cpu_budget.py                     # every candidate not yet in the results file
+    python benchmarks/cpu_budget.py --only conv28-b256   # one candidate
+    python benchmarks/cpu_budget.py --plot-only          # redraw the figure from the results file
+
+Each candidate is SimCLR on Fashion-MNIST (all 60,000 training images) with a set of overrides
+(backbone, width, crop size, crop range, batch, learning rate, epochs). After every epoch the
+kNN monitor (k=200, T=0.1, the CPU preset's protocol) scores the backbone on a fixed,
+class-balanced 10,000-image bank and 5,000 test images, and the script records the training
+seconds so far: the time from each epoch's first step to its last, so the monitor's own time is
+not counted. The raw-pixel kNN on the same bank and test images is the line to beat.
+
+Results are appended to ``benchmarks/results/cpu_budget.json`` one candidate at a time (a stopped
+run loses at most the candidate in progress); the figure goes to
+``benchmarks/results/cpu_budget.png``. Time it alone: two jobs on two cores halve each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from relssl.cli import resolve_recipe  # noqa: E402
+from relssl.config import load_config  # noqa: E402
+from relssl.engine import pretrain  # noqa: E402
+from relssl.engine.run import environment, load_data  # noqa: E402
+from relssl.evaluate.knn import knn_accuracy, pixel_features_pair  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BANK, TEST = 10000, 5000
+
+# the common part: all 60k images, kNN every epoch on fixed subsets, no label-free probe
+BASE = ["trainer.accelerator=cpu", "backbone.bn_splits=1", f"data.bank_subset={BANK}", f"data.test_subset={TEST}",
+        "trainer.knn_every=1", "trainer.knn_at_start=true", "trainer.monitor_subset=0", "trainer.progress_bar=false",
+        "trainer.log_every_n_steps=50", "trainer.diagnose_every=0", "optim.warmup_epochs=1"]
+
+# name: (overrides, note)
+CANDIDATES = {
+    "conv32-b256": (["backbone.name=convnet", "optim.batch_size=256", "optim.lr=0.1", "optim.epochs=6",
+                     "views=[strong,strong]"],
+                    "the demo's recipe on all images: convnet 32-256, 32-px crops 0.2-1, batch 256, lr 0.1"),
+    "conv28-b256": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
+                     "optim.epochs=8", "views=[strong,strong]"],
+                    "native 28-px crops"),
+    "conv28-b256-lr03": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.3",
+                          "optim.epochs=8", "views=[strong,strong]"],
+                         "native 28-px crops, lr 0.3"),
+    "conv28-b256-s35": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
+                         "optim.epochs=8", "views=[strong,strong]", "augment.strong.crop_scale=[0.35,1.0]"],
+                        "native 28-px crops, crop area 0.35-1"),
+    "tiny28-b256": (["backbone.name=convnet_tiny", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
+                     "optim.epochs=20", "views=[strong,strong]"],
+                    "the tiny conv net (8-64) at 28 px, more epochs in the same time"),
+    "conv28-b128": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=128", "optim.lr=0.1",
+                     "optim.epochs=8", "views=[strong,strong]"],
+                    "native 28-px crops, batch 128"),
+}
+
+
+def pixel_line(cfg) -> float:
+    splits = load_data(cfg)
+    bank = splits.bank.subset(BANK, seed=cfg.seed)
+    test = splits.test.subset(TEST, seed=cfg.seed)
+    fb, ft = pixel_features_pair(bank.images, test.images)
+    return knn_accuracy(fb, bank.labels, ft, test.labels, splits.info.num_classes)["top1"]
+
+
+class EpochClock(L.Callback):
+    """Training seconds per epoch: from the epoch's first step to the end of its last (no monitor)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start = self._last = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seconds.append(self._last - self._start)
+
+
+def load(path: Path) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"benchmark": "cpu_budget", "dataset": "fashion_mnist", "method": "simclr", "bank": BANK, "test": TEST,
+            "command": "python benchmarks/cpu_budget.py", "runs": {}}
+
+
+def run_candidate(name: str, out_dir: Path) -> dict:
+    overrides, note = CANDIDATES[name]
+    cfg = load_config(resolve_recipe("fashion_mnist/simclr"), BASE + overrides + [f"output_dir={out_dir}"])
+    clock = EpochClock()
+    res = pretrain(cfg, quiet=True, extra_callbacks=[clock])
+    elapsed, curve = 0.0, []
+    for secs, hist in zip(clock.seconds, res["knn_history"]):
+        elapsed += secs
+        curve.append({"epoch": hist["epoch"], "train_seconds": round(elapsed, 1), "knn_top1": hist["top1"]})
+    return {"overrides": overrides, "note": note, "knn_init_top1": res["knn_init_top1"], "curve": curve,
+            "knn_last_top1": res["knn_last_top1"], "train_seconds": round(elapsed, 1),
+            "wall_seconds": res["wall_seconds"], "run_dir": res["run_dir"],
+            "date": datetime.now().isoformat(timespec="seconds"), "environment": environment()}
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, run in data["runs"].items():
+        xs = [0.0] + [p["train_seconds"] / 60 for p in run["curve"]]
+        ys = [run["knn_init_top1"]] + [p["knn_top1"] for p in run["curve"]]
+        ax.plot(xs, ys, marker="o", ms=3, label=name)
+    if data.get("pixels_top1") is not None:
+        ax.axhline(data["pixels_top1"], color="k", ls="--", lw=1, label=f"raw pixels {data['pixels_top1']:.1f}%")
+        ax.axhline(data["pixels_top1"] + 3, color="k", ls=":", lw=1, label="raw pixels + 3")
+    ax.set_xlabel("training minutes (2-core CPU, monitor excluded)")
+    ax.set_ylabel(f"kNN top-1 % (bank {data['bank']}, test {data['test']})")
+    ax.set_title("SimCLR on Fashion-MNIST: kNN per CPU minute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", choices=list(CANDIDATES))
+    ap.add_argument("--out", type=Path, default=RESULTS / "cpu_budget.json")
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs/cpu_budget"))
+    ap.add_argument("--plot-only", action="store_true")
+    args = ap.parse_args(argv)
+    data = load(args.out)
+    if not args.plot_only:
+        if data.get("pixels_top1") is None:
+            cfg = load_config(resolve_recipe("fashion_mnist/simclr"), BASE + ["trainer.accelerator=cpu"])
+            data["pixels_top1"] = pixel_line(cfg)
+            args.out.write_text(json.dumps(data, indent=2))
+        for name in args.only or list(CANDIDATES):
+            if name in data["runs"]:
+                print(f"cpu_budget: {name} already done, skipped", flush=True)
+                continue
+            print(f"cpu_budget: {name} ...", flush=True)
+            data["runs"][name] = run_candidate(name, args.runs_dir)
+            args.out.write_text(json.dumps(data, indent=2))  # appended run by run
+            r = data["runs"][name]
+            print(f"cpu_budget: {name}: kNN {r['knn_last_top1']:.2f}% after {r['train_seconds']:.0f} s "
+                  f"(pixels {data['pixels_top1']:.2f}%)", flush=True)
+    plot(data, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
