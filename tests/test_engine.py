@@ -1,7 +1,7 @@
 """End to end: pretrain each method briefly on a few hundred real Fashion-MNIST images."""
 
-import math
 import json
+import math
 
 import lightning as L
 import pytest
@@ -128,6 +128,44 @@ def test_nan_loss_stops_with_step_named(accelerator, tmp_path, fmnist_small, mon
     assert sum(float(r["skipped_steps"]) for r in rows if r.get("skipped_steps")) == 6  # steps 3..8 of 9
     state = load_checkpoint_file(f"{res['run_dir']}/checkpoints/last.ckpt")["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+@pytest.mark.parametrize("bad_step", [0, 8, 17])  # the first step, the last of epoch 1, the last of the run
+def test_no_checkpoint_ever_holds_a_non_finite_tensor(policy, bad_step, tmp_path, fmnist_small, monkeypatch):
+    from relssl.methods.simclr import SimCLR
+
+    orig = SimCLR.training_step
+
+    def bad(self, views, info):
+        out = orig(self, views, info)
+        if info.step == bad_step:  # 9 steps per epoch, 2 epochs
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "training_step", bad)
+    cfg = tiny_config("simclr", tmp_path, "optim.epochs=2", "trainer.knn_at_start=false", "trainer.knn_every=0",
+                      f"trainer.nan_policy={policy}", "name=run")
+    if policy == "stop":
+        with pytest.raises(TrainingError, match=f"non-finite loss at step {bad_step} \\(simclr\\); last good "
+                                                f"checkpoint: (none yet|.*last.ckpt)"):
+            pretrain(cfg, splits=fmnist_small, quiet=True)
+        # the reason is in the run directory, not only on the screen
+        assert f"non-finite loss at step {bad_step}" in (tmp_path / "run" / "log.txt").read_text()
+        results = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert results["finished"] is False and f"non-finite loss at step {bad_step}" in results["stopped"]
+    else:
+        pretrain(cfg, splits=fmnist_small, quiet=True)
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    if policy == "skip" or bad_step >= 9:
+        assert ckpts  # epoch 1 ended before the bad step: its checkpoint exists
+    for path in ckpts:
+        state = load_checkpoint_file(path)
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()), path
+        for buf in state["optimizer_states"][0]["state"].values():
+            assert torch.isfinite(buf["momentum_buffer"]).all(), path
+        if policy == "stop":
+            assert state["global_step"] <= bad_step  # saved before the bad step, never after it
 
 
 def test_skipped_steps_do_not_move_the_teacher(tmp_path, fmnist_small, monkeypatch):

@@ -89,3 +89,153 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(sig, code, tmp_path, 
                     final["optimizer_states"][0]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
     assert json.loads((run / "results.json").read_text())["finished"] is True
+
+
+# ------------------------------------------------------------------ resumes that cannot proceed
+
+
+def digest(root: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, fmnist_small):
+    from relssl.engine import pretrain
+    from utils import tiny_config
+
+    root = tmp_path_factory.mktemp("fin")
+    # data.subset in config.yaml: the CLI resume (full dataset) counts the same steps per epoch
+    res = pretrain(tiny_config("simclr", root, "optim.epochs=1", "name=done", "data.subset=192"), splits=fmnist_small,
+                   quiet=True)
+    return Path(res["run_dir"])
+
+
+def run_cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "relssl.cli", *args], capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished_run):
+    before = digest(finished_run)
+    code, err = run_cli("pretrain", "--resume", str(finished_run))
+    assert code == 0 and len(err) == 1 and "already finished" in err[0] and "nothing changed" in err[0], err
+    assert digest(finished_run) == before
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda c: c.replace("name: simclr", "name: mocov2"), "config.yaml says method mocov2 but the checkpoint is a simclr run"),
+    (lambda c: c.replace("\n  lr: ", "\n  lr: 0.5 #"), "config.yaml changed optim.lr since the checkpoint"),
+])
+def test_resume_after_config_edit_is_refused_before_any_change(edit, says, finished_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(finished_run, run)
+    ckpt = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    ckpt["global_step"] = 1  # an unfinished run, so only the edit can stop the resume
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text(edit((run / "config.yaml").read_text()))
+    before = digest(run)
+    code, err = run_cli("pretrain", "--resume", str(run))
+    assert code == 2 and len(err) == 1 and says in err[0] and "restore the run's config.yaml" in err[0], err
+    assert digest(run) == before
+
+
+def test_second_process_on_a_run_directory_is_refused(finished_run, tmp_path):
+    import shutil
+
+    from relssl.engine.lifecycle import RunLock
+
+    run = tmp_path / "locked"
+    shutil.copytree(finished_run, run)
+    ckpt = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    ckpt["global_step"] = 1  # unfinished: the resume would train
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(str(holder.pid))  # a live owner
+        before = digest(run)
+        code, err = run_cli("pretrain", "--resume", str(run))
+        assert code == 2 and len(err) == 1 and f"in use by process {holder.pid}" in err[0], err
+        assert digest(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # its owner is gone: the lock is stale and taken over, and released again
+    with RunLock(run) as lock:
+        assert (run / ".lock").read_text() == str(os.getpid()) and lock.held
+    assert not (run / ".lock").exists()
+
+
+# ------------------------------------------------------------------ a real full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MB tmpfs (needs root and mount rights: skipped where the machine refuses)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); the full-disk test needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_during_pretraining_ends_in_one_line_and_keeps_the_checkpoint(small_disk):
+    run = small_disk / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = cli("pretrain", "fashion_mnist/mocov2", *FAST, "optim.epochs=6", f"output_dir={small_disk}", "name=run")
+    t0 = time.time()
+    while not ckpt.exists() and proc.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
+    time.sleep(0.2)
+    saved = load_checkpoint_file(ckpt)
+    filler = fill(small_disk)
+    code = proc.wait(timeout=300)
+    err = proc.stderr.read()
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("relssl: error: cannot write ") and "No space left on device" in last, last
+    assert "free disk space" in last
+    assert not list(run.rglob("*.tmp")), list(run.rglob("*"))  # no partial file keeps the disk full
+    kept = load_checkpoint_file(ckpt)  # the previous checkpoint, whole
+    assert kept["global_step"] >= saved["global_step"]
+    assert (run / "metrics.csv").stat().st_size > 0
+    # space freed: the run resumes from that checkpoint and finishes
+    filler.unlink()
+    proc = cli("pretrain", "--resume", str(run))
+    assert proc.wait(timeout=400) == 0, proc.stderr.read()[-2000:]
+    assert load_checkpoint_file(ckpt)["global_step"] == 6 * STEPS_PER_EPOCH
+
+
+def test_checkpoint_write_on_a_full_disk_is_one_error_and_leaves_no_partial_file(small_disk):
+    from relssl.engine.checkpoint import atomic_torch_save
+    from relssl.errors import CheckpointError
+
+    path = small_disk / "last.ckpt"
+    atomic_torch_save({"state_dict": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+    # 16 MB of weights on a 12 MB disk: torch.save itself fails (RuntimeError inside torch, not OSError)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last.ckpt: .*; free disk space"):
+        atomic_torch_save({"state_dict": {"w": torch.zeros(4_000_000)}}, path)
+    assert path.read_bytes() == before and not (small_disk / "last.ckpt.tmp").exists()

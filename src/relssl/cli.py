@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from relssl.errors import RelsslError, RunInterrupted
+from relssl.errors import AlreadyFinished, RelsslError, RunInterrupted
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"pretrain": cmd_pretrain, "eval": cmd_eval, "export": cmd_export, "embed": cmd_embed,
                     "report": cmd_report, "demo": cmd_demo, "list": cmd_list}
         return commands[args.command](args)
+    except AlreadyFinished as err:  # a requeued job's resume of a finished run: success, nothing to do
+        print(f"relssl: {err}", file=sys.stderr)
+        return 0
     except RunInterrupted as err:
         print(f"relssl: {err}", file=sys.stderr)
         return err.exit_code

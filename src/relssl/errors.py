@@ -29,3 +29,7 @@ class RunInterrupted(RelsslError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class AlreadyFinished(RelsslError):
+    """``--resume`` of a run that has already trained all its steps: nothing to do, nothing changed."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from relssl.errors import CheckpointError
+from relssl.errors import CheckpointError, TrainingError
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -28,15 +28,21 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
-        try:
+    except BaseException as err:
+        try:  # never leave a partial file behind: on a full disk it would keep the disk full
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {err.strerror or err}; free disk space or choose a writable "
-            "output_dir (the previous checkpoint is kept)"
-        ) from err
+        # a full disk or quota reaches us as OSError from open/fsync, or as torch's RuntimeError
+        # ("PytorchStreamWriter failed writing file ...") from inside torch.save
+        if isinstance(err, (OSError, RuntimeError)):
+            reason = (getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:160]
+                      if str(err).strip() else type(err).__name__)
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {reason}; free disk space or choose a writable "
+                "output_dir (the previous checkpoint is kept)"
+            ) from err
+        raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -63,10 +69,21 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
+def non_finite_tensors(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity."""
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return sorted(bad)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint I/O with atomic writes and weights-only reads."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        bad = non_finite_tensors(checkpoint.get("state_dict") or {})
+        if bad:  # the last line of defence: a checkpoint is always a point a run can continue from
+            raise TrainingError(f"refusing to write checkpoint {path}: {len(bad)} non-finite tensors (e.g. {bad[0]}); "
+                                "the previous checkpoint is kept; lower optim.lr or set trainer.nan_policy=skip")
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:

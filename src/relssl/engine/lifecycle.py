@@ -2,11 +2,15 @@
 
 * :class:`AppendingCSVLogger`: Lightning's CSV logger deletes ``metrics.csv`` when its directory is
   not empty, which on ``--resume`` destroyed the history of the run; this one appends to it (and
-  keeps its columns).
+  keeps its columns). It and :class:`WriteCheckedTensorBoardLogger` turn a failed write (full
+  disk) into one line naming the file.
 * :class:`GracefulStop` and :class:`InterruptCheckpoint`: SIGTERM and SIGINT end the run at the next
   step boundary with a resumable checkpoint (the caller then writes ``results.json`` saying so and
   exits 143 / 130).
 * :func:`write_json_atomic`: results files are replaced atomically, never left half-written.
+* :func:`check_resumable`: a resume that cannot proceed (finished run, config.yaml edited to
+  another method or budget) is refused before anything in the run directory changes.
+* :class:`RunLock`: one process per run directory; a stale lock (its process is gone) is taken over.
 """
 
 from __future__ import annotations
@@ -15,15 +19,16 @@ import csv
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import lightning as L
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricWriter
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from relssl.errors import CheckpointError
+from relssl.errors import AlreadyFinished, CheckpointError, ConfigError
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -35,6 +40,32 @@ class _AppendingWriter(ExperimentWriter):
             with open(self.metrics_file_path, newline="") as f:
                 header = next(csv.reader(f), [])
             self.metrics_keys = sorted(set(header))
+
+
+    def save(self) -> None:
+        try:
+            super().save()
+        except OSError as err:
+            self.metrics = []  # dropped, so that teardown does not fail on them a second time
+            raise CheckpointError(f"cannot write {self.metrics_file_path}: {err.strerror or err}; free disk space or "
+                                  "choose a writable output_dir (the rows written so far and the checkpoints are kept)"
+                                  ) from err
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """New columns: rewrite the file with the wider header atomically (Lightning truncates it
+        first, which a full disk turns into an empty history)."""
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = self.metrics_file_path + ".tmp"
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.metrics_file_path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 class AppendingCSVLogger(CSVLogger):
@@ -103,3 +134,146 @@ class InterruptCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path)
+
+
+# config sections a resume must not change (trainer settings, names and paths may change)
+RESUME_FIXED = ("seed", "data", "backbone", "method", "plugins", "views", "augment", "optim")
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [prefix.rstrip(".")] if a != b else []
+
+
+def check_resumable(ckpt: dict, module, cfg_dict: dict, run_dir: Path, total_steps: int) -> None:
+    """Refuse a resume that cannot continue this run, before anything in ``run_dir`` changes.
+
+    Raises :class:`AlreadyFinished` when the checkpoint is the end of training, and
+    :class:`ConfigError` when ``config.yaml`` no longer describes the checkpoint's run (another
+    method, other tensors, or a changed training recipe).
+    """
+    saved = ((ckpt.get("hyper_parameters") or {}).get("config")) or {}
+    if saved:
+        changed = [k for section in RESUME_FIXED for k in _differences(saved.get(section), cfg_dict.get(section), f"{section}.")]
+        if changed:
+            was, now = (saved.get("method") or {}).get("name"), (cfg_dict.get("method") or {}).get("name")
+            what = (f"config.yaml says method {now} but the checkpoint is a {was} run" if was != now
+                    else f"config.yaml changed {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} since the checkpoint")
+            raise ConfigError(f"cannot resume {run_dir}: {what}; restore the run's config.yaml or start a new run")
+    own, theirs = module.state_dict(), ckpt.get("state_dict") or {}
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    reshaped = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise ConfigError(f"cannot resume {run_dir}: its checkpoint does not fit the model config.yaml builds "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} reshaped tensors, "
+                          f"e.g. {example}); restore the run's config.yaml or start a new run")
+    step = int(ckpt.get("global_step", 0))
+    if step >= total_steps:
+        raise AlreadyFinished(f"run {run_dir} already finished ({step} steps); nothing to resume, nothing changed")
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``.lock`` holding the owner's PID), released on exit.
+
+    A second run or resume of the same directory is refused with one line; a lock whose process no
+    longer exists (a killed run) is stale and taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.held = False
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> "RunLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = self._owner()
+                if pid is not None and pid != os.getpid() and _alive(pid):
+                    raise ConfigError(f"run directory {self.path.parent} is in use by process {pid}; wait for it "
+                                      f"to end or stop it (a stale lock of a dead process is taken over)") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except OSError as err:
+                raise CheckpointError(f"cannot write {self.path}: {err.strerror or err}; free disk space or choose "
+                                      "a writable output_dir") from err
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise ConfigError(f"cannot lock run directory {self.path.parent}; remove {self.path} if no run uses it")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriteCheckedTensorBoardLogger(TensorBoardLogger):
+    """``TensorBoardLogger`` whose write failures (a full disk, a quota: raised from its writer thread
+    at the next call) end the run with one line naming the directory, not a traceback."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_writer_thread_errors()
+
+    def _checked(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as err:
+            raise CheckpointError(f"cannot write TensorBoard events in {self.log_dir}: {err.strerror or err}; free "
+                                  "disk space or choose a writable output_dir (the checkpoints are kept)") from err
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._checked(super().log_metrics, metrics, step)
+
+    def log_hyperparams(self, params, metrics=None) -> None:
+        self._checked(super().log_hyperparams, params, metrics)
+
+    def save(self) -> None:
+        self._checked(super().save)
+
+    def finalize(self, status: str) -> None:
+        self._checked(super().finalize, status)
+
+
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard's writer thread prints a traceback when a write fails before the main thread sees
+    the error; the main thread reports it (one line), so that print is dropped. Installed once."""
+    previous = threading.excepthook
+    if getattr(previous, "_relssl", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook._relssl = True
+    threading.excepthook = hook

@@ -317,6 +317,11 @@ class PretrainModule(L.LightningModule):
             if names is not None and list(names) != self.view_names:
                 self.view_names, self.recipes = view_recipes(self.cfg, self.crop_size, list(names))
 
+    def on_train_epoch_end(self) -> None:
+        # before the epoch's checkpoints (Lightning runs the checkpoint callbacks after this hook):
+        # a non-finite loss on the epoch's last step must stop the run, not be saved in last.ckpt
+        self._check_pending_loss()
+
     def on_train_end(self) -> None:
         self._check_pending_loss()
 

@@ -21,7 +21,6 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from relssl.config import Config, config_from_dict, dump_config
@@ -29,7 +28,15 @@ from relssl.data import DatasetSplits, load_dataset
 from relssl.data.core import subset_indices
 from relssl.engine.callbacks import KNNProbe, LabelFreeProbe, RepresentationMonitor
 from relssl.engine.checkpoint import AtomicCheckpointIO, load_checkpoint_file
-from relssl.engine.lifecycle import AppendingCSVLogger, GracefulStop, InterruptCheckpoint, write_json_atomic
+from relssl.engine.lifecycle import (
+    AppendingCSVLogger,
+    GracefulStop,
+    InterruptCheckpoint,
+    RunLock,
+    WriteCheckedTensorBoardLogger,
+    check_resumable,
+    write_json_atomic,
+)
 from relssl.engine.module import PretrainModule
 from relssl.errors import ConfigError, DataError, RunInterrupted, TrainingError
 
@@ -220,7 +227,7 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
             raise ConfigError(f"--resume {resume}: no config.yaml in {run_dir}; pass a run directory made by relssl pretrain")
         if not Path(ckpt_path).is_file():
             raise ConfigError(f"--resume {resume}: no checkpoint at {ckpt_path} (the run stopped before its first checkpoint); start it again")
-        load_checkpoint_file(ckpt_path)  # a corrupt checkpoint fails here, before anything is written
+        ckpt = load_checkpoint_file(ckpt_path)  # a corrupt checkpoint fails here, before anything is written
         cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -234,14 +241,33 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = PretrainModule(cfg, splits)
+    total = min(module.total_steps, cfg.optim.max_steps) if cfg.optim.max_steps else module.total_steps
+    if resume is not None:  # refused here, before anything in the run directory changes
+        check_resumable(ckpt, module, cfg.to_dict(), run_dir, total)
     if resume is None and rank_zero:
         run_dir = make_run_dir(cfg)
+        lock = RunLock(run_dir).acquire()
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     elif resume is None:
         # another rank: rank 0 made the directory. Lightning's launcher passes it on; under an external
         # launcher (SLURM, torchrun) this guess is only a placeholder: nothing here is written by this
         # process, and the checkpoint callbacks take rank 0's directory when the processes meet.
         run_dir = Path(os.environ.get(RUN_DIR_ENV) or Path(cfg.output_dir).expanduser() / (cfg.name or "unnamed"))
+        lock = None
+    else:
+        lock = RunLock(run_dir).acquire() if rank_zero else None
+    try:
+        return _train(cfg, splits, module, run_dir, ckpt_path, rank_zero, accelerator, precision, sync_batchnorm,
+                      monitor_kind, quiet, extra_callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, splits: DatasetSplits, module: PretrainModule, run_dir: Path, ckpt_path, rank_zero: bool,
+           accelerator: str, precision: str, sync_batchnorm: bool, monitor_kind: str, quiet: bool,
+           extra_callbacks: list | None) -> dict:
+    """``pretrain`` from the prepared module and run directory on: callbacks, trainer, fit, results."""
     handler = _setup_file_log(run_dir) if rank_zero else None
     log.info("run directory %s; method %s; accelerator %s; precision %s", run_dir, cfg.method["name"], accelerator, precision)
 
@@ -268,7 +294,7 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         # each refresh turns the bar's tensors (loss) into numbers, which waits for the GPU: on a GPU
         # refresh as often as the loggers write (trainer.log_every_n_steps), not every step
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps if accelerator == "gpu" else 1))
-    loggers = [AppendingCSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+    loggers = [AppendingCSVLogger(run_dir, name="", version=""), WriteCheckedTensorBoardLogger(run_dir, name="tb", version="")]
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         precision=precision, max_epochs=cfg.optim.epochs,
@@ -297,6 +323,14 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         try:
             with stop:
                 trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        except TrainingError as err:  # a non-finite loss: the reason goes to log.txt and results.json
+            log.error("stopped: %s", err)
+            if trainer.is_global_zero:
+                write_json_atomic(run_dir / "results.json", {
+                    "run_dir": str(run_dir), "method": cfg.method["name"], "dataset": cfg.data.dataset,
+                    "finished": False, "stopped": str(err), "steps": trainer.global_step,
+                    "wall_seconds": round(time.perf_counter() - t0, 2), "environment": environment()})
+            raise
         except SIGTERMException:
             interrupted = stop.describe(trainer)
             if trainer.is_global_zero:

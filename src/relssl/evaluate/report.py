@@ -184,7 +184,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     lines = [f"# Run report: {run_dir.name}", "",
              f"**{method}** on **{dataset}**, backbone **{backbone}**."]
-    if results.get("interrupted"):
+    if results.get("stopped"):
+        lines += ["", f"**Stopped**, not finished: {results['stopped']}"]
+    elif results.get("interrupted"):
         stop = results["interrupted"]
         lines += ["", f"**Interrupted** by {stop.get('signal')} at step {stop.get('step')} (epoch {stop.get('epoch')}): "
                       f"not finished; `relssl pretrain --resume {run_dir}` continues it."]
