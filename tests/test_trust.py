@@ -4,10 +4,12 @@ writes or loses nothing; checkpoint writes are atomic."""
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,10 @@ def sandbox(tmp_path_factory, fmnist_small):
     (root / "bad.yaml").write_text("optim: [1, 2\n")
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "nomethod.yaml").write_text("method: {temperature: 0.1}\n")
+    (root / "empty.yaml").write_text("# nothing here\n")
+    (root / "dup.yaml").write_text("method: {name: simclr}\noptim:\n  lr: 0.1\n  lr: 0.2\n")
+    (root / "ro").mkdir()
+    (root / "ro" / "x").write_text("x")
     idx = root / "idx_trunc"
     idx.mkdir()
     src = Path("/usr/share/datasets/fashion-mnist")
@@ -203,6 +209,28 @@ BAD = [
     (["eval", "knn", "{root}/runs/corrupt"], "is truncated, corrupt or not a relssl checkpoint"),
     (["eval", "knn", "{root}/noconfig"], "holds no checkpoints/last.ckpt"),
     (["eval", "knn", "{root}/runs/good", "optim.lr=1"], "only data.* keys"),
+    # second round (issue #20): ranges, YAML rules, values checked against the data
+    (["pretrain", R, "seed=-1"], "seed must be >= 0"),
+    (["pretrain", R, "trainer.threads=0"], "trainer.threads must be >= 1"),
+    (["pretrain", R, "trainer.threads=-2"], "trainer.threads must be >= 1"),
+    (["pretrain", R, "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be >= 1"),
+    (["pretrain", R, "trainer.log_every_n_steps=-5"], "trainer.log_every_n_steps must be >= 1"),
+    (["pretrain", R, "trainer.knn_every=-1"], "trainer.knn_every must be >= 0"),
+    (["pretrain", R, "trainer.checkpoint_every=0"], "trainer.checkpoint_every must be >= 1"),
+    (["pretrain", R, "trainer.diagnose_every=-1"], "trainer.diagnose_every must be >= 0"),
+    (["pretrain", R, "trainer.monitor=best"], "trainer.monitor must be one of"),
+    (["pretrain", R, "trainer.num_nodes=0"], "trainer.devices and trainer.num_nodes must be >= 1"),
+    (["pretrain", R, "data.bank_subset=-5"], "data.bank_subset must be a positive integer or null"),
+    (["pretrain", R, "data.crop_size=10000"], "data.crop_size=10000 is more than 8x the 28-px images"),
+    (["pretrain", R, "data.eval_size=5000"], "data.eval_size=5000 is more than 8x the 28-px images"),
+    (["pretrain", R, "data.bank_subset=100", "trainer.knn_k=200"], "trainer.knn_k=200 is larger than the kNN bank (100 images)"),
+    (["pretrain", R, "optim.weight_decay=-5e-4"], "optim.weight_decay must be >= 0"),
+    (["pretrain", R, "optim.lr=1e-3x"], "optim.lr must be a number"),
+    (["pretrain", R, "method.proj_dim=1e2"], "method.proj_dim must be an integer"),
+    (["pretrain", R, "plugins=[bsim,bsim]"], "plugins lists bsim more than once"),
+    (["pretrain", "{root}/empty.yaml"], "is empty; start from a packaged recipe"),
+    (["pretrain", "{root}/dup.yaml"], "key 'lr' is given twice in one mapping (line 4)"),
+    (["export", "{root}/runs/good", "-o", "{root}/afile/sub/b.safetensors"], "cannot write"),
 ]
 
 
@@ -222,4 +250,40 @@ def test_bad_input(args, message, sandbox, capsys, monkeypatch):
 
 
 def test_bad_input_table_is_large():
-    assert len(BAD) >= 40
+    assert len(BAD) >= 60
+
+
+def test_scientific_notation_is_a_number_everywhere():
+    from relssl.cli import resolve_recipe
+    from relssl.config import load_config
+
+    cfg = load_config(resolve_recipe(R), ["optim.lr=1e-3", "optim.weight_decay=5e-4", "method.temperature=2E-1"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.method["temperature"]) == (0.001, 0.0005, 0.2)
+
+
+INSTALLED = shutil.which("relssl", path=str(Path(sys.executable).parent)) or shutil.which("relssl")
+REAL = BAD[::3]  # every third case, as a user meets it: the installed command in a process of its own
+
+
+@pytest.mark.skipif(INSTALLED is None, reason="the relssl command is not installed (pip install -e .)")
+def test_bad_input_from_the_installed_command(sandbox):
+    """Each case through the real ``relssl`` executable: exit status 2, one line on stderr, nothing on
+    stdout but what the command prints before failing, and the sandbox unchanged byte for byte."""
+    assert len(REAL) >= 20
+    before = digest(sandbox)
+
+    def run(case):
+        args, message = case
+        args = [a.replace("{root}", str(sandbox)) for a in args]
+        if args[0] == "pretrain" and "--resume" not in args and len(args) > 1:
+            args = args + [f"output_dir={sandbox}/runs"] if not any(a.startswith("output_dir=") for a in args) else args
+        proc = subprocess.run([INSTALLED, *args], capture_output=True, text=True, cwd=sandbox, timeout=300)
+        return case, proc
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for (args, message), proc in pool.map(run, REAL):
+            err = proc.stderr.strip()
+            assert proc.returncode == 2, (args, proc.returncode, err[-500:])
+            assert err.startswith("relssl: error: ") and "\n" not in err, (args, err[-2000:])
+            assert message in err, (args, err)
+    assert digest(sandbox) == before

@@ -115,7 +115,8 @@ def print_summary(res: dict) -> None:
     if res.get("knn_last_top1") is not None:
         init = res.get("knn_init_top1")
         init_txt = f"; random-init backbone {init:.2f}%" if init is not None else ""
-        print(f"kNN top-1 (k=200, T=0.1, last epoch): {res['knn_last_top1']:.2f}%{init_txt}")
+        k, t = res.get("knn_k", 200), res.get("knn_t", 0.1)
+        print(f"kNN top-1 (k={k}, T={t:g}, last epoch): {res['knn_last_top1']:.2f}%{init_txt}")
     if res.get("rankme_last") is not None:
         init = res.get("rankme_init")
         init_txt = f"; random-init backbone {init:.1f}" if init is not None else ""

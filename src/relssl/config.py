@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,40 @@ from typing import Any
 import yaml
 
 from relssl.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with two rules of YAML 1.2 that users expect: ``1e-3`` and ``5e-4`` are
+    numbers (YAML 1.1 wants ``1.0e-3``), and a key given twice in one mapping is an error (PyYAML
+    silently keeps the last)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$
+    |^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$""", re.X)
+for _c in "-+0123456789.":
+    _Loader.yaml_implicit_resolvers[_c] = [r for r in _Loader.yaml_implicit_resolvers.get(_c, [])
+                                           if r[0] != "tag:yaml.org,2002:float"]
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise ConfigError(f"key {key!r} is given twice in one mapping (line {line}); keep one of them")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _mapping_without_duplicates)
+
+
+def yaml_load(text: str):
+    """Parse YAML text with relssl's rules (see :class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -170,6 +205,10 @@ class TrainerConfig:
             raise ConfigError(f"trainer.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.diagnose_every < 0:
             raise ConfigError(f"trainer.diagnose_every must be >= 0 (0 = never), got {self.diagnose_every}")
+        if self.log_every_n_steps < 1:
+            raise ConfigError(f"trainer.log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"trainer.threads must be >= 1 or null (torch's default), got {self.threads}")
 
 
 @dataclass
@@ -185,6 +224,10 @@ class Config:
     augment: dict = field(default_factory=dict)  # recipe name -> overrides of that preset's fields
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -300,7 +343,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: cannot parse the value ({err.__class__.__name__})") from err
     return key.split("."), value
@@ -326,11 +369,14 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass a YAML recipe such as configs/fashion_mnist/mocov2.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if raw is None:
-        return {}
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+    if raw is None:  # an empty file would silently train every default (MoCo v2, ResNet-18, 200 epochs)
+        raise ConfigError(f"config file {path} is empty; start from a packaged recipe (relssl list) or write the "
+                          "sections you need (method, data, optim)")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
     return raw

@@ -76,6 +76,27 @@ def eval_image_size(cfg: Config, info) -> int:
     return native if native >= crop else crop
 
 
+MAX_UPSCALE = 8  # crops and evaluation images at most this many times the stored images' size
+
+
+def check_against_data(cfg: Config, splits: DatasetSplits, monitor_kind: str) -> None:
+    """Values that can only be checked once the data is known, before any work: image sizes that would
+    upscale absurdly (a 10,000-px crop of a 28-px image is a 34 GB batch later) and a kNN k larger
+    than the bank it searches."""
+    info = splits.info
+    native = cfg.data.image_size or info.native_size
+    for key, value in (("crop_size", cfg.data.crop_size), ("eval_size", cfg.data.eval_size)):
+        if value is not None and value > MAX_UPSCALE * native:
+            raise ConfigError(f"data.{key}={value} is more than {MAX_UPSCALE}x the {native}-px images of "
+                              f"{cfg.data.dataset}; use at most {MAX_UPSCALE * native} (or resize the stored images "
+                              "with data.image_size)")
+    if monitor_kind == "knn":
+        bank = len(splits.bank) if cfg.data.bank_subset is None else min(cfg.data.bank_subset, len(splits.bank))
+        if cfg.trainer.knn_k > bank:
+            raise ConfigError(f"trainer.knn_k={cfg.trainer.knn_k} is larger than the kNN bank ({bank} images); lower "
+                              "trainer.knn_k or enlarge data.bank_subset")
+
+
 # the number each monitor chooses best.ckpt by (the higher, the better)
 MONITOR_SELECTS = {"knn": "knn_top1", "rankme": "rankme"}
 
@@ -238,6 +259,7 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
     if splits is None:
         splits = load_data(cfg)
     monitor_kind = resolve_monitor(cfg, splits)
+    check_against_data(cfg, splits, monitor_kind)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = PretrainModule(cfg, splits)
@@ -372,6 +394,7 @@ def _train(cfg: Config, splits: DatasetSplits, module: PretrainModule, run_dir: 
         "knn_last_top5": knn_hist[-1]["top5"] if knn_hist else None,
         "knn_best_top1": max(h["top1"] for h in knn_hist) if knn_hist else None,
         "knn_history": knn_hist,
+        "knn_k": cfg.trainer.knn_k, "knn_t": cfg.trainer.knn_t,
         # the monitor that ran (knn, rankme or none) and the label-free numbers, logged under either
         "monitor": monitor_kind,
         "rankme_init": lf_init["rankme"] if lf_init else None,

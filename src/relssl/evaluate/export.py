@@ -118,11 +118,22 @@ def save_backbone(backbone: nn.Module, meta: dict, out: str | Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files: give the usual mode
         os.replace(tmp, out)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {out}: {err.strerror or err}; choose a writable -o path") from err
+    except Exception as err:  # noqa: BLE001 - OSError, or safetensors' own error wrapping an I/O error
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = getattr(err, "strerror", None) or (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ConfigError(f"cannot write {out}: {reason}; choose a writable -o path with free space") from err
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def export_backbone(path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,

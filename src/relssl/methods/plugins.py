@@ -27,6 +27,9 @@ def plugins_config(section, method_name: str) -> dict:
     if section is None:
         return {}
     if isinstance(section, (list, tuple)):
+        twice = sorted({str(name) for name in section if list(section).count(name) > 1})
+        if twice:
+            raise ConfigError(f"plugins lists {', '.join(twice)} more than once; list each plug-in once")
         section = {name: {} for name in section}
     if not isinstance(section, dict):
         raise ConfigError(f"plugins must be a list of names or a mapping of name -> options, got {section!r}")
