@@ -143,3 +143,45 @@ def test_two_processes_equal_one_process(case, ddp_results):
     worst = max(diffs, key=diffs.get)
     print(f"{case_id(case)}: max diff {diffs[worst]:.3g} at {worst}")
     assert diffs[worst] <= TOL, f"max diff {diffs[worst]:.3g} at {worst}"
+
+
+# ------------------------------------------------------------------ Shuffle-BN across processes, BatchNorm present
+
+
+def _shuffle_worker(rank, world, tmp):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/init_shuffle", rank=rank, world_size=world)
+    try:
+        from relssl.nn import shuffle_forward
+
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        x = torch.randn(GLOBAL_BATCH, 4) * 3 + torch.arange(GLOBAL_BATCH).unsqueeze(1)  # distinct rows
+        bn = nn.BatchNorm1d(4, affine=False).train()  # normalises with the statistics of the batch it sees
+        n = GLOBAL_BATCH // world
+        out = shuffle_forward(bn, x[rank * n:(rank + 1) * n], torch.Generator().manual_seed(7))
+        torch.save(out, f"{tmp}/shuffle{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_shuffle_bn_permutes_the_global_batch_across_processes(tmp_path):
+    """Each process's teacher batch must be a random draw from the *global* batch (MoCo v2, MSF and
+    MSVQ rely on it under DDP): with BatchNorm in the module, every rank's output equals the one-process
+    reference that normalises the chunks of the same global permutation, and the permutation really
+    mixes the ranks' samples."""
+    mp.spawn(_shuffle_worker, args=(WORLD, str(tmp_path)), nprocs=WORLD, join=True)
+    torch.manual_seed(0)
+    x = torch.randn(GLOBAL_BATCH, 4) * 3 + torch.arange(GLOBAL_BATCH).unsqueeze(1)
+    perm = torch.randperm(GLOBAL_BATCH, generator=torch.Generator().manual_seed(7))
+    n = GLOBAL_BATCH // WORLD
+    assert (perm[:n] >= n).any() and (perm[n:] < n).any()  # rank 0's teacher batch holds rank 1's samples
+    bn = nn.BatchNorm1d(4, affine=False).train()
+    ref = torch.empty_like(x)
+    for r in range(WORLD):  # process r normalises the samples perm[r*n:(r+1)*n] together
+        ref[perm[r * n:(r + 1) * n]] = bn(x[perm[r * n:(r + 1) * n]])
+    for r in range(WORLD):
+        got = torch.load(tmp_path / f"shuffle{r}.pt")
+        torch.testing.assert_close(got, ref[r * n:(r + 1) * n], rtol=1e-5, atol=1e-5)
+    # and it is not what each process would get from its own samples alone
+    own = torch.cat([bn(x[r * n:(r + 1) * n]) for r in range(WORLD)])
+    assert not torch.allclose(own, ref, atol=1e-3)

@@ -239,3 +239,31 @@ def test_checkpoint_write_on_a_full_disk_is_one_error_and_leaves_no_partial_file
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last.ckpt: .*; free disk space"):
         atomic_torch_save({"state_dict": {"w": torch.zeros(4_000_000)}}, path)
     assert path.read_bytes() == before and not (small_disk / "last.ckpt.tmp").exists()
+
+
+def test_the_trainer_writes_checkpoints_through_the_atomic_writer(tmp_path, fmnist_small, monkeypatch):
+    """A real failed write during fit: torch.save breaks on the second checkpoint. The trainer's
+    checkpoint I/O must turn that into one CheckpointError, remove its partial file and keep the
+    first checkpoint whole (Lightning's own I/O would leave a traceback and no such guarantees)."""
+    from relssl.engine import pretrain
+    from relssl.errors import CheckpointError
+    from utils import tiny_config
+
+    real_save, calls = torch.save, []
+
+    def breaking_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) >= 2:
+            f.write(b"half a checkpoint")
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", breaking_save)
+    cfg = tiny_config("simclr", tmp_path, "optim.epochs=3", "trainer.knn_every=0", "trainer.knn_at_start=false",
+                      "name=run")
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*last.ckpt: .*PytorchStreamWriter failed"):
+        pretrain(cfg, splits=fmnist_small, quiet=True)
+    monkeypatch.setattr(torch, "save", real_save)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert not list(ckpts.glob("*.tmp"))
+    assert load_checkpoint_file(ckpts / "last.ckpt")["epoch"] == 0  # the first checkpoint, whole

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from relssl.config import Config, config_from_dict, dump_config
+from relssl.config import Config, config_from_dict, dump_config, read_yaml
 from relssl.data import DatasetSplits, load_dataset
 from relssl.data.core import subset_indices
 from relssl.engine.callbacks import KNNProbe, LabelFreeProbe, RepresentationMonitor
@@ -249,7 +248,7 @@ def pretrain(cfg: Config, splits: DatasetSplits | None = None, resume: str | Pat
         if not Path(ckpt_path).is_file():
             raise ConfigError(f"--resume {resume}: no checkpoint at {ckpt_path} (the run stopped before its first checkpoint); start it again")
         ckpt = load_checkpoint_file(ckpt_path)  # a corrupt checkpoint fails here, before anything is written
-        cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     accelerator = resolve_accelerator(cfg)

@@ -1,0 +1,185 @@
+"""Targeted mutation check of the trust-critical code: does the suite fail when a promise is broken?
+
+    python scripts/mutation_check.py                 # every mutant; writes scripts/mutation_results.json
+    python scripts/mutation_check.py --only resume-disabled atomic-io-unused
+    python scripts/mutation_check.py --list
+
+Each mutant replaces one exact snippet of the source (resume, checkpoint writing, the NaN guard,
+gathers and shuffles, queue persistence, EMA updates, evaluation isolation, run-directory safety)
+with a broken version, runs the tests that claim to guard it, and restores the file (also on
+Ctrl-C). A mutant is *killed* when those tests fail, *survived* when they pass. A snippet that is
+no longer in the source is reported as *stale* (the list must follow the code). Survivors are
+either killed by a new test or explained in ``SURVIVORS_EXPLAINED`` below.
+
+It runs the real tests, so it takes a while (about a minute per mutant on 2 cores); it is not
+part of CI. Results (killed / survived per mutant, seconds) go to ``scripts/mutation_results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "relssl"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to src/relssl
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files (relative to the repository)
+    promise: str
+
+
+MUTANTS = [
+    Mutant("resume-disabled", "engine/run.py",
+           "trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)",
+           "trainer.fit(module, ckpt_path=None)",
+           ("tests/test_interrupt.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
+           "--resume continues from the checkpoint"),
+    Mutant("mid-epoch-skip-off", "engine/module.py",
+           'sampler.resume_at(self._resume_position["epoch"], self._resume_position["batches_done"])',
+           "pass",
+           ("tests/test_interrupt.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
+           "a mid-epoch resume skips the batches already trained"),
+    Mutant("interrupt-no-checkpoint", "engine/lifecycle.py",
+           "            trainer.save_checkpoint(self.path)",
+           "            pass",
+           ("tests/test_interrupt.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
+           "SIGTERM / SIGINT leave a checkpoint of the step where the run stopped"),
+    Mutant("sigint-not-routed", "engine/lifecycle.py",
+           "self._previous = signal.signal(signal.SIGINT, self._on_sigint)",
+           "self._previous = None",
+           ("tests/test_interrupt.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
+           "Ctrl-C stops at a step boundary with a checkpoint and exit 130"),
+    Mutant("history-deleted-on-resume", "engine/lifecycle.py",
+           "            self.metrics_keys = sorted(set(header))",
+           "            os.remove(self.metrics_file_path)",
+           ("tests/test_interrupt.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
+           "metrics.csv is appended across resumes"),
+    Mutant("resume-checks-off", "engine/run.py",
+           "        check_resumable(ckpt, module, cfg.to_dict(), run_dir, total)",
+           "        pass",
+           ("tests/test_interrupt.py::test_resume_of_a_finished_run_changes_nothing",
+            "tests/test_interrupt.py::test_resume_after_config_edit_is_refused_before_any_change"),
+           "a resume that cannot proceed is refused before anything changes"),
+    Mutant("lock-ignored", "engine/lifecycle.py",
+           "                if pid is not None and pid != os.getpid() and _alive(pid):",
+           "                if False:",
+           ("tests/test_interrupt.py::test_second_process_on_a_run_directory_is_refused",),
+           "one process per run directory"),
+    Mutant("atomic-write-in-place", "engine/checkpoint.py",
+           "        with open(tmp, \"wb\") as f:",
+           "        tmp = path\n        with open(tmp, \"wb\") as f:",
+           ("tests/test_trust.py", "tests/test_interrupt.py::test_checkpoint_write_on_a_full_disk_is_one_error_and_leaves_no_partial_file"),
+           "a checkpoint is replaced atomically, never half-written"),
+    Mutant("torch-runtimeerror-uncaught", "engine/checkpoint.py",
+           "if isinstance(err, (OSError, RuntimeError)):",
+           "if isinstance(err, (OSError,)):",
+           ("tests/test_interrupt.py::test_checkpoint_write_on_a_full_disk_is_one_error_and_leaves_no_partial_file",),
+           "a full disk inside torch.save is one line"),
+    Mutant("atomic-io-unused", "engine/run.py",
+           "plugins=[AtomicCheckpointIO()]",
+           "plugins=[]",
+           ("tests/test_interrupt.py::test_the_trainer_writes_checkpoints_through_the_atomic_writer",),
+           "the trainer writes every checkpoint through the atomic writer"),
+    Mutant("nan-saved-at-epoch-end", "engine/module.py",
+           "        # a non-finite loss on the epoch's last step must stop the run, not be saved in last.ckpt\n"
+           "        self._check_pending_loss()",
+           "        pass",
+           ("tests/test_engine.py::test_no_checkpoint_ever_holds_a_non_finite_tensor",),
+           "no checkpoint holds a non-finite tensor"),
+    Mutant("nan-guard-off", "engine/module.py",
+           "        finite = self._pending_loss is None or bool(torch.isfinite(self._pending_loss).item())",
+           "        finite = True",
+           ("tests/test_engine.py::test_nan_loss_stops_with_step_named",),
+           "a non-finite loss stops the run naming the step"),
+    Mutant("ema-wrong-direction", "nn/ema.py",
+           "        torch._foreach_mul_(t_params, m)\n        torch._foreach_add_(t_params, s_params, alpha=1.0 - m)",
+           "        torch._foreach_mul_(t_params, 1.0 - m)\n        torch._foreach_add_(t_params, s_params, alpha=m)",
+           ("tests/test_nn.py",),
+           "the EMA teacher moves by m"),
+    Mutant("queue-pointer-stuck", "nn/queue.py",
+           "        self.ptr.add_(n).remainder_(self.size)",
+           "        self.ptr.add_(0)",
+           ("tests/test_nn.py",),
+           "the queue is a FIFO"),
+    Mutant("shuffle-bn-no-permutation", "nn/shuffle.py",
+           "    perm = _randperm(x_all.shape[0], x.device, generator)\n    dist.broadcast(perm, src=0)",
+           "    perm = torch.arange(x_all.shape[0], device=x.device)\n    dist.broadcast(perm, src=0)",
+           ("tests/test_ddp.py",),  # test_shuffle_bn_permutes_the_global_batch_across_processes
+           "Shuffle-BN permutes the global batch across processes"),
+    Mutant("knn-monitor-leaves-eval-mode", "evaluate/knn.py",
+           "        backbone.train(was_training)",
+           "        pass",
+           ("tests/test_engine.py", "tests/test_knn_optim.py"),
+           "the kNN monitor leaves the training weights and mode untouched"),
+]
+
+# mutants the suite lets live on purpose, with the reason (kept short and honest)
+SURVIVORS_EXPLAINED = {
+}
+
+
+def run_tests(tests: tuple[str, ...], timeout: int) -> tuple[bool, float, str]:
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        failed = proc.returncode != 0
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
+    except subprocess.TimeoutExpired:
+        failed, tail = True, ["timeout (counted as killed: the promise broke badly enough to hang)"]
+    return failed, time.perf_counter() - t0, tail[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", help="mutant names")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--out", type=Path, default=ROOT / "scripts" / "mutation_results.json")
+    args = ap.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:32s} {m.file:24s} {m.promise}")
+        return 0
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"mutants": {}}
+    for m in mutants:
+        path = SRC / m.file
+        original = path.read_text()
+        if original.count(m.old) != 1:
+            results["mutants"][m.name] = {"status": "stale", "promise": m.promise,
+                                          "why": f"snippet found {original.count(m.old)} times in {m.file}"}
+            print(f"{m.name}: STALE", flush=True)
+            continue
+        try:
+            path.write_text(original.replace(m.old, m.new))
+            failed, secs, tail = run_tests(m.tests, args.timeout)
+        finally:
+            path.write_text(original)
+        status = "killed" if failed else "survived"
+        results["mutants"][m.name] = {"status": status, "promise": m.promise, "file": m.file, "tests": list(m.tests),
+                                      "seconds": round(secs, 1), "pytest": tail,
+                                      "explained": SURVIVORS_EXPLAINED.get(m.name)}
+        print(f"{m.name}: {status.upper()} ({secs:.0f} s) {tail}", flush=True)
+        results.update(date=datetime.now().isoformat(timespec="seconds"), command="python scripts/mutation_check.py")
+        args.out.write_text(json.dumps(results, indent=2))
+    done = [r for r in results["mutants"].values() if r["status"] in ("killed", "survived")]
+    killed = sum(r["status"] == "killed" for r in done)
+    print(f"mutation check: {killed} of {len(done)} mutants killed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
