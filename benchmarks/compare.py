@@ -99,6 +99,10 @@ class Preset:
     log_every_n_steps: int = 20
     seeds: tuple[int, ...] = (0, 1, 2)
     note: str = ""
+    # one learning rate for every combination (None: each recipe's own, scaled by batch / 256)
+    lr: float | None = None
+    # extra overrides for every combination whose host method is the key (e.g. SimCLR's views)
+    method_extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 PRESETS = {
@@ -130,6 +134,9 @@ def preset_settings(p: Preset, linear_epochs: int) -> dict:
              lr_schedule="linear warm-up then cosine to 0, per step", lr_scaling="linear (recipe lr x batch / 256)",
              cifar_stem=True, maxpool=False, knn_k=KNN_K, knn_t=KNN_T,
              linear_recipe=probe_config(linear_epochs, 0).to_dict() | {"seed": "the run's seed"})
+    if p.lr is not None:
+        d["lr_scaling"] = f"none: lr {p.lr} for every combination"
+    d["method_extra"] = {name: list(extra) for name, extra in p.method_extra}
     return d
 
 
@@ -194,9 +201,10 @@ def shared_overrides(p: Preset, seed: int, accelerator: str) -> list[str]:
 def method_overrides(method: str, p: Preset) -> list[str]:
     """Per-method values that the budget changes: WCL's weak-augmentation epochs equal its lr
     warm-up epochs (as in its recipe and the official code)."""
-    if method == "wcl":
-        return [f"method.weak_aug_epochs={int(round(p.warmup_epochs))}"]
-    return []
+    out = [f"method.weak_aug_epochs={int(round(p.warmup_epochs))}"] if method == "wcl" else []
+    if p.lr is not None:  # one rate for all, not rescaled by the batch
+        out += [f"optim.lr={p.lr}", "optim.lr_scaling=none"]
+    return out + [o for name, extra in p.method_extra if name == method for o in extra]
 
 
 def build_config(combo: str, method: str, plugins: tuple[str, ...], p: Preset, seed: int, runs_dir: Path,
@@ -441,8 +449,11 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
         if old_hash != chash:
             raise ConfigError(f"{run_dir} holds a run of another config (hash {old_hash}, now {chash}); "
                               "remove it or pass another --runs-dir")
-        if (run_dir / "results.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            results = json.loads((run_dir / "results.json").read_text())
+        done = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else None
+        if done is not None and done.get("stopped"):
+            raise ConfigError(f"{run_dir} stopped ({done['stopped']}); remove it to run it again")
+        if done is not None and done.get("finished", True) and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            results = done  # (results.json of an interrupted run says finished: false: resumed below)
             print(f"  {run_dir.name}: pretraining already finished, evaluating it", flush=True)
         elif (run_dir / "checkpoints" / "last.ckpt").is_file():
             print(f"  {run_dir.name}: resuming the interrupted pretraining", flush=True)

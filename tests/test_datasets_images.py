@@ -202,3 +202,17 @@ def test_dataset_info_without_reading_images(tmp_path):
     assert dataset_info("fashion_mnist", size=64).native_size == 64
     write_class_folder(tmp_path, classes=("a", "b"), per_class=2, size=8)
     assert dataset_info("folder", str(tmp_path), size=8).classes == ("a", "b")
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_decompression_bomb_is_one_line_wherever_it_sorts(first, tmp_path, monkeypatch):
+    """A (pretend) decompression bomb: Pillow refuses images beyond 2 x MAX_IMAGE_PIXELS. The folder
+    loader probes the first image for its mode, then decodes every image: both paths say one line."""
+    g = np.random.default_rng(0)
+    save_image(tmp_path / "a" / "small.png", g.integers(0, 256, (3, 8, 8), dtype=np.uint8))
+    save_image(tmp_path / "b" / "small.png", g.integers(0, 256, (3, 8, 8), dtype=np.uint8))
+    bomb = tmp_path / ("a" if first else "b") / ("0_bomb.png" if first else "z_bomb.png")
+    save_image(bomb, g.integers(0, 256, (3, 64, 64), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000: a bomb now
+    with pytest.raises(DataError, match=rf"cannot (read|decode) image {bomb}: .*decompression bomb"):
+        load_dataset("unlabeled_folder", root=str(tmp_path), size=8)  # no hold-out: sorted order

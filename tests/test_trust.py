@@ -124,8 +124,9 @@ def sandbox(tmp_path_factory, fmnist_small):
     (root / "nomethod.yaml").write_text("method: {temperature: 0.1}\n")
     (root / "empty.yaml").write_text("# nothing here\n")
     (root / "dup.yaml").write_text("method: {name: simclr}\noptim:\n  lr: 0.1\n  lr: 0.2\n")
-    (root / "ro").mkdir()
-    (root / "ro" / "x").write_text("x")
+    from dataset_files import write_class_folder
+
+    write_class_folder(root / "rgb", classes=("a", "b"), per_class=4, size=8)  # 3-channel images
     idx = root / "idx_trunc"
     idx.mkdir()
     src = Path("/usr/share/datasets/fashion-mnist")
@@ -231,6 +232,9 @@ BAD = [
     (["pretrain", "{root}/empty.yaml"], "is empty; start from a packaged recipe"),
     (["pretrain", "{root}/dup.yaml"], "key 'lr' is given twice in one mapping (line 4)"),
     (["export", "{root}/runs/good", "-o", "{root}/afile/sub/b.safetensors"], "cannot write"),
+    (["eval", "knn", "{root}/runs/good", "data.dataset=folder", "data.root={root}/rgb"],
+     "was trained on 1-channel images but the data to evaluate has 3; evaluate on 1-channel data, or for an image "
+     "folder set data.options.channels=1"),
 ]
 
 

@@ -54,7 +54,8 @@ def image_channels(path: str | os.PathLike) -> int:
     try:
         with Image.open(path) as img:
             return 1 if img.mode in _GRAY_MODES else 3
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # (a decompression bomb is refused here too: the first image of a folder is probed for its mode)
         raise DataError(f"cannot read image {path}: {err}; expected an image file Pillow can decode") from err
 
 

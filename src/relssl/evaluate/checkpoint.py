@@ -24,7 +24,7 @@ from torch import nn
 from relssl.config import Config, apply_overrides, config_from_dict
 from relssl.data import DatasetSplits, ImageDataset
 from relssl.engine.checkpoint import load_checkpoint_file
-from relssl.errors import CheckpointError, ConfigError
+from relssl.errors import CheckpointError, ConfigError, DataError
 from relssl.evaluate.knn import extract_features, knn_accuracy
 
 
@@ -108,6 +108,15 @@ def load_method_weights(method: nn.Module, ckpt: dict, ckpt_path: Path) -> None:
         raise CheckpointError(
             f"checkpoint {ckpt_path} does not match its config's backbone: {len(absent)} backbone weights "
             f"missing (e.g. method.{absent[0]})")
+    # the image channels the run trained on against the data it is evaluated on (first conv weight)
+    first = next((k for k in wanted if state[k].dim() == 4), None)
+    own = method.backbone.state_dict()
+    if first is not None:
+        trained, here = state[first].shape[1], own[first[len(prefix) + 1:] if prefix else first].shape[1]
+        if trained != here:
+            raise DataError(f"checkpoint {ckpt_path} was trained on {trained}-channel images but the data to evaluate "
+                            f"has {here}; evaluate on {trained}-channel data, or for an image folder set "
+                            f"data.options.channels={trained}")
     try:
         method.load_state_dict(state, strict=False)
     except RuntimeError as err:
