@@ -117,6 +117,16 @@ PRESETS = {
                   linear_epochs=30, knn_every=2, log_every_n_steps=5, seeds=(0, 1, 2),
                   monitor_subset=0,  # seeds 0 and 1 ran before the label-free monitor: keep wall times comparable
                   note="CPU scale: a tiny conv net, 20,000 images, 10 epochs; not the GPU comparison"),
+    # the CPU budget chosen by measurement (benchmarks/cpu_budget.py, docs/comparison.md "A CPU budget
+    # where self-supervision learns"): the conv net with a 2x2 feature grid at the native 28 px, all
+    # 60,000 images, 8 epochs (about 20 minutes of training per SimCLR run on 2 idle cores), one lr for all;
+    # SimCLR-hosted rows take MoCo v2's views (crop 0.2-1: 0.08 cuts too much of a 28-px garment in 8 epochs)
+    "cpu-budget": Preset("cpu-budget", backbone="convnet_grid", bn_splits=1, crop_size=28, batch_size=256, epochs=8,
+                         warmup_epochs=1.0, subset=None, monitor_bank=10000, monitor_test=5000, eval_train=None,
+                         eval_test=None, linear_epochs=30, knn_every=2, log_every_n_steps=20, seeds=(0, 1, 2),
+                         monitor_subset=0, lr=0.1, method_extra=(("simclr", ("views=[strong,strong]",)),),
+                         note="CPU budget: convnet_grid at 28 px, all 60,000 images, 8 epochs, lr 0.1; about 20 min "
+                              "of training per run on 2 cores"),
     "cpu-smoke": Preset("cpu-smoke", backbone="convnet_tiny", batch_size=128, epochs=2, warmup_epochs=0.0,
                         subset=2000, monitor_bank=1000, monitor_test=1000, eval_train=1000, eval_test=1000,
                         linear_epochs=10, log_every_n_steps=5, seeds=(0,),
@@ -187,7 +197,8 @@ def shared_overrides(p: Preset, seed: int, accelerator: str) -> list[str]:
         "optim.exclude_bn_bias=false", "optim.lr_scaling=linear", "optim.min_lr=0.0", "optim.max_steps=null",
         f"optim.batch_size={p.batch_size}", f"optim.epochs={p.epochs}", f"optim.warmup_epochs={p.warmup_epochs}",
         f"trainer.accelerator={accelerator}", "trainer.devices=1", "trainer.num_nodes=1", "trainer.precision=auto",
-        f"trainer.knn_every={p.knn_every}", f"trainer.knn_k={KNN_K}", f"trainer.knn_t={KNN_T}",
+        # the monitor's k: 200, or the whole bank when a small test preset has fewer images (said, not clamped)
+        f"trainer.knn_every={p.knn_every}", f"trainer.knn_k={min(KNN_K, p.monitor_bank or KNN_K)}", f"trainer.knn_t={KNN_T}",
         "trainer.knn_at_start=true", "trainer.progress_bar=false", "trainer.checkpoint_every=1",
         "trainer.nan_policy=stop", f"trainer.log_every_n_steps={log_every}",
     ]

@@ -1,6 +1,7 @@
 """relssl export: the backbone as safetensors, loadable by plain torchvision and by relssl."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -56,6 +57,9 @@ def _plain_torchvision_resnet18(in_channels):
 def test_export_loads_into_plain_torchvision(exported, ours):
     out, meta = exported
     assert out.is_file()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual mode, not safetensors' 0600
     assert meta["backbone"] == "resnet18" and meta["in_channels"] == 1 and meta["cifar_stem"] is True
     assert meta["maxpool"] is False and meta["feat_dim"] == 512 and meta["torchvision_compatible"] is True
     assert meta["trained_bn_splits"] == 2 and meta["mean"] == [0.286] and meta["input_size"] == 32

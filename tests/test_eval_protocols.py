@@ -251,3 +251,53 @@ def test_umap_missing_is_a_clear_error(run, small_data, capsys):
     assert main(["eval", "tsne", run, "--method", "umap"]) == 2
     err = capsys.readouterr().err.strip()
     assert "pip install umap-learn" in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- isolation and selection
+
+
+def test_best_checkpoint_is_the_best_epoch_by_the_monitor(run):
+    from relssl.engine.checkpoint import load_checkpoint_file
+
+    history = json.loads(open(f"{run}/results.json").read())["knn_history"]
+    assert len(history) == 3
+    best = max(history, key=lambda h: h["top1"])
+    ckpt = load_checkpoint_file(f"{run}/checkpoints/best.ckpt")
+    assert ckpt["epoch"] + 1 == best["epoch"], (ckpt["epoch"], history)  # Lightning counts epochs from 0
+
+
+def test_linear_probe_leaves_the_backbone_untouched_and_never_trains_on_test_labels(run, fmnist_small):
+    from relssl.data import DatasetSplits
+
+    setup = prepare(run, splits=fmnist_small, device="cpu")
+    before = {k: v.clone() for k, v in setup.backbone.state_dict().items()}  # weights and BN statistics
+    cfg = LinearProbeConfig(augment=True, epochs=2)
+    a = linear_probe(setup, cfg)
+    assert all(torch.equal(v, before[k]) for k, v in setup.backbone.state_dict().items())
+    # the same probe with the test labels scrambled learns the very same head: test labels only score it
+    g = torch.Generator().manual_seed(0)
+    test = fmnist_small.test
+    scrambled = type(test)(test.images, test.labels[torch.randperm(len(test), generator=g)])
+    other = prepare(run, splits=DatasetSplits(info=fmnist_small.info, pretrain=fmnist_small.pretrain,
+                                              bank=fmnist_small.bank, test=scrambled), device="cpu")
+    b = linear_probe(other, cfg)
+    head_a, head_b = a["_head"], b["_head"]  # the trained head's tensors
+    assert head_a.keys() == head_b.keys()
+    for k in head_a:
+        assert torch.equal(head_a[k], head_b[k]), k
+    assert a["top1"] != b["top1"]  # while the scores did change
+
+
+def test_the_knn_monitor_leaves_training_bit_identical(tmp_path, fmnist_small):
+    from relssl.engine.checkpoint import load_checkpoint_file
+
+    def weights(every, name):
+        cfg = tiny_config("mocov2", tmp_path, "optim.epochs=2", f"trainer.knn_every={every}",
+                          f"trainer.knn_at_start={'true' if every else 'false'}", f"name={name}")
+        res = pretrain(cfg, splits=fmnist_small, quiet=True)
+        return load_checkpoint_file(f"{res['run_dir']}/checkpoints/last.ckpt")["state_dict"]
+
+    a, b = weights(1, "monitored"), weights(0, "plain")
+    assert a.keys() == b.keys()
+    for k in a:  # student, teacher, queue and BatchNorm statistics
+        assert torch.equal(a[k], b[k]), k

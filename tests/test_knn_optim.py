@@ -92,3 +92,42 @@ def test_lars_step_hand_computed():
     opt = LARS([{"params": [b], "weight_decay": 0.0, "lars_exclude": True}], lr=0.1, momentum=0.0)
     opt.step()
     assert torch.allclose(b.detach(), torch.tensor([0.8]))  # plain SGD for excluded params
+
+
+def test_lars_two_steps_with_momentum_and_weight_decay_hand_computed():
+    """Two LARS steps, momentum 0.9, weight decay 0.1, eta 0.5, checked against the formula by hand:
+    g' = g + wd w; trust = eta ||w|| / ||g'||; buf = g' trust (first step), buf = 0.9 buf + g' trust;
+    w -= lr buf."""
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
+    opt = LARS([w], lr=0.2, momentum=0.9, weight_decay=0.1, eta=0.5)
+    w.grad = torch.tensor([1.0, 0.0])
+    opt.step()
+    # g' = [1.3, 0.4], ||g'|| = sqrt(1.85); trust = 0.5 * 5 / sqrt(1.85)
+    t1 = 2.5 / math.sqrt(1.85)
+    buf = torch.tensor([1.3, 0.4]) * t1
+    w1 = torch.tensor([3.0, 4.0]) - 0.2 * buf
+    torch.testing.assert_close(w.detach(), w1)
+    w.grad = torch.tensor([0.0, 2.0])
+    opt.step()
+    g2 = torch.tensor([0.0, 2.0]) + 0.1 * w1
+    t2 = 0.5 * w1.norm() / g2.norm()
+    buf = 0.9 * buf + g2 * t2
+    torch.testing.assert_close(w.detach(), w1 - 0.2 * buf)
+
+
+def test_lr_scaling_of_the_config():
+    """optim.lr_scaling: linear = lr x global batch / 256, sqrt = lr x sqrt(global batch) (WCL's rule)."""
+    from relssl.config import OptimConfig
+    from relssl.engine.optim import build_optimizer, scaled_lr
+
+    assert scaled_lr(OptimConfig(lr=0.3, lr_scaling="none"), 4096) == 0.3
+    assert scaled_lr(OptimConfig(lr=0.3, lr_scaling="linear"), 512) == pytest.approx(0.6)
+    assert scaled_lr(OptimConfig(lr=0.075, lr_scaling="sqrt"), 4096) == pytest.approx(4.8)
+    # and the optimizer the engine builds starts from that rate (LARS, BN and biases excluded)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    opt = build_optimizer(model, OptimConfig(name="lars", lr=0.075, lr_scaling="sqrt", exclude_bn_bias=True,
+                                             weight_decay=1e-6), 4096)
+    assert isinstance(opt, LARS)
+    assert all(g["lr"] == pytest.approx(4.8) for g in opt.param_groups)
+    excluded = [g for g in opt.param_groups if g["lars_exclude"]]
+    assert excluded and all(g["weight_decay"] == 0.0 for g in excluded)
