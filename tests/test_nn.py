@@ -51,7 +51,8 @@ _SHAPE_CASES = [
 def test_backbone_output_shape(name, in_channels, hw):
     torch.manual_seed(0)
     net, dim = build_backbone(name, in_channels=in_channels)
-    expected = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "convnet": 256, "convnet_tiny": 64}
+    expected = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "convnet": 256, "convnet_tiny": 64,
+                "convnet_grid": 256 * 2 * 2}  # a 2x2 grid of the last 256 channels
     assert dim == expected[name]
     batch = 2 if name.startswith("resnet") else 4
     net.eval()
