@@ -15,18 +15,13 @@ import pytest
 import torch
 
 from relssl.engine.checkpoint import load_checkpoint_file
+from utils import cli, digest
 
 STEPS_PER_EPOCH = 1600 // 64
 FAST = ["backbone.name=convnet_tiny", "backbone.bn_splits=1", "data.subset=1600", "optim.batch_size=64",
         "optim.warmup_epochs=0", "optim.epochs=3", "method.proj_hidden=32", "method.proj_dim=16",
         "method.queue_size=200", "trainer.knn_every=0", "trainer.knn_at_start=false", "trainer.log_every_n_steps=1",
         "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.threads=1"]
-
-
-def cli(*args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "relssl.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env, text=True)
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -92,13 +87,6 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(sig, code, tmp_path, 
 
 
 # ------------------------------------------------------------------ resumes that cannot proceed
-
-
-def digest(root: Path) -> dict:
-    import hashlib
-
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 writes or loses nothing; checkpoint writes are atomic."""
 
 import errno
-import hashlib
-import os
 import shutil
 import signal
 import subprocess
@@ -18,17 +16,12 @@ import torch
 from relssl.cli import main
 from relssl.engine.checkpoint import atomic_torch_save, load_checkpoint_file
 from relssl.errors import CheckpointError
+from utils import cli, digest
 
 FAST = ["backbone.name=convnet_tiny", "backbone.bn_splits=1", "data.subset=1600", "optim.batch_size=64",
         "optim.warmup_epochs=0", "optim.epochs=4", "method.proj_hidden=32", "method.proj_dim=16",
         "method.queue_size=200", "trainer.knn_every=0", "trainer.knn_at_start=false",
         "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.threads=1"]
-
-
-def cli(*args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "relssl.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env, text=True)
 
 
 def wait_for_checkpoints(ckpt: Path, count: int, proc, timeout=120):
@@ -97,11 +90,6 @@ def test_unwritable_directory_error(tmp_path):
 
 
 # ------------------------------------------------------------------------- bad input, table-driven
-
-
-def digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,11 @@
 """Shared helpers of the end-to-end tests: a tiny, fast configuration of any packaged recipe."""
 
 import csv
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from relssl.cli import resolve_recipe
 from relssl.config import load_config
@@ -36,3 +41,16 @@ def tiny_config(method, tmp_path, *extra, recipe=None, heads=None):
 def read_metrics(run_dir):
     with open(f"{run_dir}/metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+def digest(root: Path) -> dict:
+    """sha256 of every file under ``root``: "nothing changed" is ``digest(root) == before``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def cli(*args):
+    """``relssl ARGS`` as a real process (``python -m relssl.cli``), stderr captured."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "relssl.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, text=True)

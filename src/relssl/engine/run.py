@@ -7,7 +7,6 @@ kept), ``metrics.csv``, ``tb/`` (TensorBoard events), ``log.txt`` and, at the en
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
