@@ -301,3 +301,18 @@ def test_the_knn_monitor_leaves_training_bit_identical(tmp_path, fmnist_small):
     assert a.keys() == b.keys()
     for k in a:  # student, teacher, queue and BatchNorm statistics
         assert torch.equal(a[k], b[k]), k
+
+
+def test_report_never_headlines_another_methods_results(tmp_path):
+    """An evaluation result of another method's checkpoint copied into a run directory is left out of
+    the run's headline and named instead."""
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: {name: simclr}\nbackbone: {name: convnet}\n")
+    (run / "results.json").write_text(json.dumps({"method": "simclr", "backbone": "convnet", "knn_last_top1": 70.0}))
+    foreign = {"protocol": "knn", "method": "mocov2", "backbone": "convnet", "checkpoint": "/elsewhere/last.ckpt",
+               "top1": 99.0, "top5": 100.0}
+    (run / "eval" / "knn.json").write_text(json.dumps(foreign))
+    text = write_report(run).read_text()
+    assert "99.0" not in text and "99.00" not in text
+    assert "Left out" in text and "`eval/knn.json` (mocov2, convnet, checkpoint /elsewhere/last.ckpt)" in text

@@ -210,10 +210,16 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             headline.append(["kNN monitor, random-init backbone", results["knn_init_top1"], None, "results.json"])
 
     sections: list[str] = []
+    foreign: list[str] = []
     eval_dir = run_dir / "eval"
     for path in sorted(eval_dir.glob("*.json")) if eval_dir.is_dir() else []:
         res = _load_json(path)
         if res is None or "protocol" not in res:
+            continue
+        if res.get("method", method) != method or res.get("backbone", backbone) != backbone:
+            # a result of another run's checkpoint copied here: never under this run's name
+            foreign.append(f"`eval/{path.name}` ({res.get('method')}, {res.get('backbone')}, "
+                           f"checkpoint {res.get('checkpoint')})")
             continue
         kind = res["protocol"]
         if kind == "knn":
@@ -227,6 +233,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections += sec
         headline += head
 
+    if foreign:
+        lines += [f"**Left out**: evaluation results that are not of this {method} / {backbone} run: "
+                  + "; ".join(foreign) + ".", ""]
     lines += ["## Metrics", ""]
     if headline:
         lines += _table(["metric", "top-1 (%)", "best over epochs (%)", "source"], headline)
