@@ -6,7 +6,7 @@ backbone, and on raw (mean-centred) pixels. On Fashion-MNIST those baselines are
 80%, so the gain over them is what shows the method learned something.
 
 Hardware decides the budget: with a GPU, the packaged ResNet-18 recipe as it is; on a CPU-only
-machine, a small conv net for 3 epochs of all 60,000 images, about 7 minutes of training on 2
+machine, a small conv net for 3 epochs of all 60,000 images, about 5 minutes of training on 2
 cores.
 """
 
@@ -22,7 +22,7 @@ from relssl.evaluate.knn import knn_accuracy, pixel_features_pair
 
 # CPU budget, from the measurements of benchmarks/cpu_budget.py (docs/comparison.md): the 4-layer
 # conv net with a 2x2 feature grid (convnet_grid) at the native 28 px, all 60,000 images for 3
-# epochs: about 7 minutes of training on 2 idle cores (README, "Quick start")
+# epochs: about 5 minutes of training on 2 idle cores (README, "Quick start")
 CPU_OVERRIDES = [
     "backbone.name=convnet_grid", "backbone.bn_splits=1", "data.crop_size=28",
     "data.bank_subset=10000", "data.test_subset=5000",
