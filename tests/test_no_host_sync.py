@@ -116,3 +116,38 @@ def test_training_step_never_syncs_the_host(case, tmp_path, fmnist_small):
                       "trainer.diagnose_every=2", *extra, recipe=recipe)
     pretrain(cfg, splits=fmnist_small, quiet=True, extra_callbacks=[guard])
     assert guard.guarded >= 1  # the guard really wrapped steps (3 steps, every other one diagnostic)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", ["wcl", "wcl multicrop", "mocov2+ascl", "byol+ascl"])
+def test_training_step_never_syncs_a_gpu(case):
+    """On a GPU, the whole training step (not only the loss) under torch's sync debug mode."""
+    from relssl.methods import METHODS, StepInfo, method_config
+    from relssl.methods.plugins import build_plugins, plugins_config
+    from relssl.nn import build_backbone
+
+    method, recipe, extra = CASES[case]
+    backbone, dim = build_backbone("convnet_tiny", in_channels=1)
+    section = {"name": method, "proj_hidden": 32, "proj_dim": 16}
+    if method == "mocov2":
+        section["queue_size"] = 256
+    if method == "byol":
+        section["pred_hidden"] = 32
+    if case == "wcl multicrop":
+        section["multicrop"] = 2
+    m = METHODS[method](backbone, dim, METHODS[method].Config(**{k: v for k, v in method_config(section).items()
+                                                                 if k != "name"})).cuda()
+    if "+" in case:
+        build_plugins(plugins_config([case.split("+")[1]], method), m)
+    n_views = 2 + section.get("multicrop", 0)
+    views = [torch.randn(64, 1, 16 if i >= 2 else 32, 16 if i >= 2 else 32, device="cuda") for i in range(n_views)]
+    info = StepInfo(step=1, progress=0.1, index=torch.arange(64, device="cuda"),
+                    generator=torch.Generator(device="cuda").manual_seed(0))
+    m.training_step(views, info)  # warm-up: lazy initialisation may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = m.training_step(views, info)
+        out["loss"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
