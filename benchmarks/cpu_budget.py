@@ -49,32 +49,30 @@ BASE = ["trainer.accelerator=cpu", "backbone.bn_splits=1", f"data.bank_subset={B
         "trainer.knn_every=1", "trainer.knn_at_start=true", "trainer.monitor_subset=0", "trainer.progress_bar=false",
         "trainer.log_every_n_steps=50", "trainer.diagnose_every=0", "optim.warmup_epochs=1"]
 
+
+def candidate(backbone: str, lr: float, *extra: str, crop: int | None = 28, epochs: int = 8) -> list[str]:
+    """A candidate's overrides: SimCLR with MoCo v2's views, batch 256, the given net, lr and extras."""
+    size = [f"data.crop_size={crop}"] if crop else []
+    return [f"backbone.name={backbone}", *size, "optim.batch_size=256", f"optim.lr={lr}", f"optim.epochs={epochs}",
+            "views=[strong,strong]", *extra]
+
+
+NO_BLUR = "augment.strong.blur_p=0"
 # name: (overrides, note)
 CANDIDATES = {
-    "conv28-b256": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
-                     "optim.epochs=8", "views=[strong,strong]"],
+    "conv28-b256": (candidate("convnet", 0.1),
                     "convnet 32-256, native 28-px crops, MoCo v2 aug+ (crop 0.2-1, blur), batch 256, lr 0.1"),
-    "conv28-noblur": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
-                       "optim.epochs=8", "views=[strong,strong]", "augment.strong.blur_p=0"],
+    "conv28-noblur": (candidate("convnet", 0.1, NO_BLUR),
                       "as conv28-b256 without Gaussian blur (sigma up to 2 px wipes out a 28-px garment's detail)"),
-    "grid28-b256": (["backbone.name=convnet_grid", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
-                     "optim.epochs=8", "views=[strong,strong]"],
+    "grid28-b256": (candidate("convnet_grid", 0.1),
                     "as conv28-b256 with a 2x2 feature grid instead of global average pooling (1024-d features)"),
-    "grid28-b256-lr03": (["backbone.name=convnet_grid", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.3",
-                          "optim.epochs=8", "views=[strong,strong]"],
-                         "grid28-b256 with lr 0.3"),
-    "conv28-noblur-lr03": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.3",
-                            "optim.epochs=8", "views=[strong,strong]", "augment.strong.blur_p=0"],
-                           "no blur, lr 0.3"),
-    "conv28-noblur-s35": (["backbone.name=convnet", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
-                           "optim.epochs=8", "views=[strong,strong]", "augment.strong.blur_p=0",
-                           "augment.strong.crop_scale=[0.35,1.0]"],
+    "grid28-b256-lr03": (candidate("convnet_grid", 0.3), "grid28-b256 with lr 0.3"),
+    "conv28-noblur-lr03": (candidate("convnet", 0.3, NO_BLUR), "no blur, lr 0.3"),
+    "conv28-noblur-s35": (candidate("convnet", 0.1, NO_BLUR, "augment.strong.crop_scale=[0.35,1.0]"),
                           "no blur, crop area 0.35-1"),
-    "tiny28-noblur": (["backbone.name=convnet_tiny", "data.crop_size=28", "optim.batch_size=256", "optim.lr=0.1",
-                       "optim.epochs=20", "views=[strong,strong]", "augment.strong.blur_p=0"],
+    "tiny28-noblur": (candidate("convnet_tiny", 0.1, NO_BLUR, epochs=20),
                       "the tiny conv net (8-64), no blur: more epochs in the same time"),
-    "conv32-b256": (["backbone.name=convnet", "optim.batch_size=256", "optim.lr=0.1", "optim.epochs=6",
-                     "views=[strong,strong]"],
+    "conv32-b256": (candidate("convnet", 0.1, crop=None, epochs=6),
                     "the demo's recipe on all images: convnet, 32-px crops (images upscaled), blur, lr 0.1"),
 }
 

@@ -133,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     base = [f"backbone.name={args.backbone}", "backbone.bn_splits=1", f"data.crop_size={args.crop}",
             f"optim.batch_size={args.batch}", "trainer.accelerator=cpu"]
     cfg = load_config(resolve_recipe("fashion_mnist/simclr"), base)

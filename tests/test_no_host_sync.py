@@ -126,7 +126,7 @@ def test_training_step_never_syncs_a_gpu(case):
     from relssl.methods.plugins import build_plugins, plugins_config
     from relssl.nn import build_backbone
 
-    method, recipe, extra = CASES[case]
+    method = CASES[case][0]
     backbone, dim = build_backbone("convnet_tiny", in_channels=1)
     section = {"name": method, "proj_hidden": 32, "proj_dim": 16}
     if method == "mocov2":

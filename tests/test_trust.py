@@ -279,3 +279,20 @@ def test_bad_input_from_the_installed_command(sandbox):
             assert err.startswith("relssl: error: ") and "\n" not in err, (args, err[-2000:])
             assert message in err, (args, err)
     assert digest(sandbox) == before
+
+
+def test_checkpoint_io_refuses_non_finite_weights(tmp_path):
+    """The last line of defence: the trainer's checkpoint I/O never writes a non-finite weight."""
+    from relssl.engine.checkpoint import AtomicCheckpointIO, non_finite_tensors
+    from relssl.errors import TrainingError
+
+    good = {"a": torch.ones(3), "step": torch.tensor(4), "b": torch.zeros(2, 2)}
+    assert non_finite_tensors(good) == []
+    bad = {**good, "b": torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), "c": torch.tensor([float("inf")])}
+    assert non_finite_tensors(bad) == ["b", "c"]
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(TrainingError, match=r"refusing to write checkpoint .*: 2 non-finite tensors \(e.g. b\)"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": bad}, path)
+    assert not path.exists() and not list(tmp_path.iterdir())
+    AtomicCheckpointIO().save_checkpoint({"state_dict": good}, path)
+    assert load_checkpoint_file(path)["state_dict"].keys() == good.keys()

@@ -70,10 +70,19 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
 
 
 def non_finite_tensors(state_dict: dict) -> list[str]:
-    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity."""
-    bad = [k for k, v in state_dict.items()
-           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    return sorted(bad)
+    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity.
+
+    One device-to-host read for the whole state dict (the common, all-finite case); the names are
+    looked up only when something is wrong."""
+    floats = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if not floats:
+        return []
+    device = next(iter(floats.values())).device
+    finite = torch.stack([torch.isfinite(v).all().to(device) for v in floats.values()])
+    if bool(finite.all()):
+        return []
+    flags = finite.cpu().tolist()
+    return sorted(k for k, ok in zip(floats, flags) if not ok)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from relssl.errors import AlreadyFinished, CheckpointError, ConfigError
+from relssl.fileio import atomic_write_text
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -56,16 +58,11 @@ class _AppendingWriter(ExperimentWriter):
         first, which a full disk turns into an empty history)."""
         with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
-        tmp = self.metrics_file_path + ".tmp"
-        try:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fieldnames)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.metrics_file_path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.metrics_file_path, out.getvalue())
 
 
 class AppendingCSVLogger(CSVLogger):
@@ -80,12 +77,9 @@ class AppendingCSVLogger(CSVLogger):
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=2))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {err.strerror or err}; free disk space or choose a writable "
                               "output_dir") from err
 

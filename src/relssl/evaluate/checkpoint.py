@@ -12,7 +12,6 @@ writes a protocol's JSON into ``RUN_DIR/eval/`` when the checkpoint belongs to a
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from relssl.config import Config, apply_overrides, config_from_dict
 from relssl.data import DatasetSplits, ImageDataset
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.errors import CheckpointError, ConfigError, DataError
+from relssl.fileio import atomic_write_text
 from relssl.evaluate.knn import extract_features, knn_accuracy
 
 
@@ -248,15 +248,10 @@ def eval_dir(setup: EvalSetup, out_dir: str | Path | None = None) -> Path | None
 
 def write_json(obj: dict, path: str | Path) -> Path:
     """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
+        return atomic_write_text(path, json.dumps(obj, indent=2))
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror or err}; choose a writable --out directory") from err
-    return path
 
 
 @contextmanager
