@@ -152,7 +152,7 @@ def preset_settings(p: Preset, linear_epochs: int) -> dict:
 
 
 def probe_config(epochs: int, seed: int) -> LinearProbeConfig:
-    """The fixed linear-probe recipe: the spec's (cosine lr 1.0, SGD Nesterov 0.9, batch 256, no
+    """The fixed linear-probe recipe: MSVQ's (cosine lr 1.0, SGD Nesterov 0.9, batch 256, no
     weight decay, un-normalised features computed once, no augmentation); only the epochs differ by preset."""
     return LinearProbeConfig(schedule="cosine", lr=1.0, epochs=epochs, batch_size=256, weight_decay=0.0,
                              augment=False, feature_norm="none", seed=seed, eval_every=1)

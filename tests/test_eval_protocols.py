@@ -98,7 +98,7 @@ def test_knn_protocols_and_baselines(trained):
 
 
 def test_linear_probe_trained_beats_random_init(trained, random_init):
-    """The point of pretraining: with the spec's probe (cosine, lr 1.0, 100 epochs, raw features)
+    """The point of pretraining: with the official probe (cosine, lr 1.0, 100 epochs, raw features)
     the trained backbone beats the same net at its initialisation. Pretraining seeds 0-3 gave
     margins of 24, 30, 14 and 13 points here. (With scale-free L2 + standardised features the
     margin at this tiny budget ranges from -5 to +11 points: part of the gain is that a trained

@@ -47,7 +47,7 @@ def test_topk_accuracy():
 
 
 def test_pixel_knn_on_real_data_is_high(fmnist):
-    # DESIGN.md: mean-centred pixels reach about 82% with k=200, T=0.1 (on the full sets);
+    # mean-centred pixels reach 82.4% with k=200, T=0.1 on the full sets (docs/evaluation.md);
     # on a 10k bank / 2k test subset it is a little lower but well above 75%.
     bank, test = fmnist.bank.subset(10000, seed=0), fmnist.test.subset(2000, seed=0)
     acc = knn_accuracy(pixel_features(bank.images), bank.labels, pixel_features(test.images), test.labels, 10)

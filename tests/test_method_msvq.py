@@ -101,7 +101,7 @@ def test_each_teacher_moves_at_its_own_momentum():
         torch.testing.assert_close(p1, 0.9 * b + 0.1 * a, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(p2, 0.6 * c + 0.4 * a, atol=1e-6, rtol=1e-6)
         assert torch.equal(ps, a)  # the student is untouched
-    # BN running statistics of the teachers are never copied (spec: parameters only)
+    # BN running statistics of the teachers are never copied (official code: parameters only)
     for old, new in zip(bufs, list(m.teacher1.buffers()) + list(m.teacher2.buffers())):
         assert torch.equal(old, new)
 

@@ -1,4 +1,4 @@
-"""WCL method (spec wcl-bsim-pnnclr-baselines.md section 1): loss wiring, view schedule, graph
+"""WCL method (docs/methods/wcl.md): loss wiring, view schedule, graph
 metrics, gradients, global-batch gathering over two processes, and an end-to-end run."""
 
 from __future__ import annotations

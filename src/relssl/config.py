@@ -69,7 +69,7 @@ class DataConfig:
     test_subset: int | None = None  # test images used by the kNN monitor (None: all)
     crop_size: int | None = None  # None: the dataset's default crop size
     # size the evaluation images are resized to; None: the native size when it is at least the
-    # crop size (the specs evaluate STL-10 at its native 96 px), else the crop size (28 -> 32)
+    # crop size (the small-data recipe evaluates STL-10 at its native 96 px), else the crop size (28 -> 32)
     eval_size: int | None = None
     image_size: int | None = None  # decode / resize the stored images to this size (None: native; folders 64)
     memory_limit_gb: float = 8.0  # a split larger than this once decoded stays on disk (file-backed)
@@ -92,7 +92,7 @@ class BackboneConfig:
     name: str = "resnet18"
     cifar_stem: bool = True  # 3x3 stride-1 first convolution
     maxpool: bool | None = None  # None: the dataset's default (kept for 64-px datasets)
-    bn_splits: int = 1  # SplitBatchNorm groups (8 in the small-data recipe of the specs)
+    bn_splits: int = 1  # SplitBatchNorm groups (8 in the small-data recipe, docs/methods/small-data-recipe.md)
     channels_last: bool = True  # on GPU only
     pretrained: str | None = None  # path to a torchvision state dict to start from (default: random init)
 

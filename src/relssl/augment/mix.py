@@ -1,6 +1,6 @@
 """Mixed views: mixup and CutMix of a batch with a partner permutation, per-sample lambda.
 
-Used by the BSIM plug-in (shared/methods/wcl-bsim-pnnclr-baselines.md section 2(c)): the mixture
+Used by the BSIM plug-in (docs/methods/bsim.md): the mixture
 of image i with its partner perm[i] keeps ``lam`` of image i. Every random draw is reproducible
 from the step's generator: lambda ~ Beta(alpha, alpha) is drawn on the host from a NumPy
 generator seeded by the step generator's seed (no device sync), box positions on the device.

@@ -125,7 +125,7 @@ _NO_COLOR = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 #: Named presets. Sizes are CIFAR's (32); override ``crop_size`` for other datasets.
 RECIPES: dict[str, ViewRecipe] = {
-    # MoCo v2 aug+ (spec section 0 "strong"; also MSVQ/ASCL/WCL's strong view).
+    # MoCo v2 aug+ (docs/methods/small-data-recipe.md, "strong"; also MSVQ/ASCL/WCL's strong view).
     "strong": ViewRecipe(),
     # RandomResizedCrop(0.2-1) + flip only (ASCL weak; MSVQ uses flip_p=0.9).
     "weak": ViewRecipe(**_NO_COLOR),

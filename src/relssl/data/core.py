@@ -152,7 +152,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...] = ()
-    maxpool: bool = False  # keep the ResNet max-pool (the specs keep it for 64-px datasets)
+    maxpool: bool = False  # keep the ResNet max-pool (the small-data recipe keeps it for 64-px datasets)
     pretrain_split: str = "train"
     bank_split: str = "train"
     test_split: str = "test"

@@ -9,7 +9,7 @@ channel planes (R, G, B), each stored column-major (pixel (row y, column x) of a
 byte ``x * 96 + y``). ``*_y.bin``: one uint8 label per image, 1..10. train holds 5,000
 labelled images, test 8,000, unlabeled 100,000 (2.7 GB).
 
-Splits as the small-data specs use them: pretrain = train + unlabeled (105k), kNN bank and
+Splits as the small-data recipe uses them (docs/methods/small-data-recipe.md): pretrain = train + unlabeled (105k), kNN bank and
 linear-probe training = train (5k), test = test (8k). The files are memory-mapped; a split goes
 into memory when its decoded size is under the memory limit (105k images at 96 px: 2.9 GB).
 The pretraining split carries no labels (the unlabeled part has none); ``extra['pretrain_labels']``

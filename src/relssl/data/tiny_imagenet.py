@@ -10,7 +10,7 @@ Layout (http://cs231n.stanford.edu/tiny-imagenet-200.zip)::
       val/val_annotations.txt        "<file>\\t<wnid>\\t<x0>\\t<y0>\\t<x1>\\t<y1>" per val image
 
 Labels are the positions of the sorted wnids (the order of torchvision's ImageFolder on
-``train/``). Splits as the small-data specs use them: pretrain = bank = train (100k),
+``train/``). Splits as the small-data recipe uses them: pretrain = bank = train (100k),
 test = val (10k); the unlabelled ``test/`` folder is not used. Grayscale JPEGs are converted
 to RGB. 100k images of 3x64x64 take 1.2 GB decoded: in memory under the default limit
 (decoded once per run by a thread pool).

@@ -93,7 +93,7 @@ def add_eval_parsers(sub) -> None:
     lp.add_argument("--augment", action="store_true",
                     help="train on a fresh RandomResizedCrop(0.08-1)+flip view each epoch (made on the device)")
     lp.add_argument("--feature-norm", choices=("none", "l2", "l2_standardize"), default="none",
-                    help="none (spec), l2, or l2_standardize (MSF's fixed BatchNorm)")
+                    help="none (the official probes), l2, or l2_standardize (MSF's fixed BatchNorm)")
     lp.add_argument("--eval-every", type=int, default=1, help="test every N epochs for best-over-epochs (0: last only)")
     lp.add_argument("--seed", type=int, default=0)
     lp.add_argument("-v", "--verbose", action="store_true", help="print every evaluated epoch")

@@ -9,7 +9,7 @@ Queries are processed in chunks so memory stays bounded (the bank is never multi
 all queries at once).
 
 :func:`evaluate_knn` runs the protocols on a checkpoint (see :mod:`relssl.evaluate.checkpoint`)
-beside the two baselines a result must beat (DESIGN.md, "Data on these machines"): the same
+beside the two baselines a result must beat (docs/evaluation.md, "Baselines"): the same
 backbone randomly initialised, and mean-centred raw pixels.
 """
 

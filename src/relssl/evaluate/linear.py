@@ -1,7 +1,7 @@
 """Linear probe: a linear classifier trained on the frozen backbone's features.
 
-Protocol (``shared/methods/msvq-ascl-msf-moco.md`` section 0 "Linear probe", and the (g)
-sections of MSVQ, ASCL, MoCo v2, WCL):
+Protocol (docs/methods/small-data-recipe.md, "Linear probe"; the evaluation sections of the
+MSVQ, ASCL, MoCo v2 and WCL pages of docs/methods/):
 
 * the backbone is frozen and stays in eval mode (BatchNorm uses its running statistics), also
   while the classifier trains; features = the pooled backbone output (512-d for ResNet-18),
@@ -14,11 +14,11 @@ sections of MSVQ, ASCL, MoCo v2, WCL):
   the pc-cp benchmark and MoCo's ``main_lincls.py`` use lr 30: ``lr=30``);
 * training images: without augmentation (default) the features of the probe-train split are
   computed ONCE and the classifier trains on them (minutes on a CPU); with ``augment=True``
-  every batch is a fresh "linear" view (RandomResizedCrop(0.08-1) + flip, the spec's
+  every batch is a fresh "linear" view (RandomResizedCrop(0.08-1) + flip, the official
   linear-probe transform) made on the device and passed through the frozen backbone;
 * test images: resize to the eval size + normalise (no crop), features computed once.
 
-Reported (honestly, see ``shared/anchors.md`` section 2): the **last-epoch** test accuracy is
+Reported (honestly, docs/evaluation.md "Honest reporting"): the **last-epoch** test accuracy is
 the headline (``top1`` / ``top5``); the best test accuracy over epochs (``best_top1``), which
 is what the MSVQ, ASCL and WCL repos report, is given beside it and is optimistic: it selects
 the epoch on the test set. Also per-class accuracy and the confusion matrix of the last epoch.
@@ -46,7 +46,7 @@ DEFAULT_LR = {"cosine": 1.0, "step": 10.0}
 
 @dataclass
 class LinearProbeConfig:
-    """Linear-probe recipe; the defaults are the spec's (MSVQ cosine variant)."""
+    """Linear-probe recipe; the defaults are MSVQ's cosine variant (docs/methods/small-data-recipe.md)."""
 
     schedule: str = "cosine"  # cosine (MSVQ) | step (ASCL / pc-cp / MoCo)
     lr: float | None = None  # None: 1.0 for cosine, 10.0 for step
@@ -136,7 +136,7 @@ class FeatureTransform:
 
 
 def linear_head(in_dim: int, num_classes: int, init_std: float = 0.01) -> nn.Linear:
-    """``Linear(in_dim, num_classes)``, weight N(0, init_std^2), bias 0 (the spec's probe init)."""
+    """``Linear(in_dim, num_classes)``, weight N(0, init_std^2), bias 0 (the official probes' init)."""
     fc = nn.Linear(in_dim, num_classes)
     nn.init.normal_(fc.weight, 0.0, init_std)
     nn.init.zeros_(fc.bias)

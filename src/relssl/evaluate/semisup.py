@@ -1,6 +1,6 @@
 """Semi-supervised evaluation: fine-tune the whole network on 1% / 10% of the labels.
 
-Protocol (SimCLR v2 / WCL style; ``shared/methods/wcl-bsim-pnnclr-baselines.md`` section 1(g)):
+Protocol (SimCLR v2 / WCL style; docs/methods/wcl.md):
 
 * **Label subset** (:func:`label_subset_indices`): a class-balanced subset of the probe-train
   split (= the kNN bank, ``data.bank_subset`` applied): the same number of images from every

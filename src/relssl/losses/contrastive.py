@@ -1,7 +1,7 @@
 """Instance-discrimination losses: NT-Xent (SimCLR), MoCo InfoNCE, SupCon, NNCLR.
 
-Specs: ``methods/wcl-bsim-pnnclr-baselines.md`` section 4 (NT-Xent 4.1, NNCLR 4.2, SupCon 4.4)
-and ``methods/msvq-ascl-msf-moco.md`` section 4 (MoCo v2).
+Specs: docs/methods/simclr.md (NT-Xent), docs/methods/nnclr.md (NNCLR), docs/methods/wcl.md
+(SupCon on weak labels) and docs/methods/mocov2.md (MoCo v2).
 Notation: ``n(x) = x / ||x||`` over rows; ``sg`` = stop-gradient; ``tau`` = temperature.
 """
 
@@ -52,7 +52,7 @@ def _ntxent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 def ntxent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     r"""SimCLR NT-Xent loss over the 2N anchors of two views.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 4.1 (and WCL's instance term, section 1(e)1).
+    Spec: docs/methods/simclr.md (also WCL's instance term, docs/methods/wcl.md).
 
     With ``u = [n(z1); n(z2)]`` (2N rows) and ``pos(a) = a + N mod 2N``::
 
@@ -112,7 +112,7 @@ def check_query_key_queue(fn: str, q: Tensor, k: Tensor, queue: Tensor, min_queu
 def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
     r"""MoCo (v1/v2) one-sided InfoNCE with the positive key at column 0.
 
-    Spec: ``msvq-ascl-msf-moco.md`` section 4(b)-(e).
+    Spec: docs/methods/mocov2.md.
 
     ::
 
@@ -147,7 +147,7 @@ def supcon_loss(features: Tensor, labels: Tensor | None = None, temperature: flo
                 base_temperature: float = 0.07, variant: str = "out") -> Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020), "all" contrast mode.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 4.4 (official ``SupContrast/losses.py``).
+    Spec: docs/methods/wcl.md (official ``SupContrast/losses.py``).
 
     The B*V anchors are the rows of ``u = n(features)`` laid out view-major (view 0 of every
     sample, then view 1, ... as the official ``torch.cat(torch.unbind(features, 1))``). For anchor
@@ -230,7 +230,7 @@ def nnclr_loss(z1: Tensor, z2: Tensor, p1: Tensor, p2: Tensor, support: Tensor,
     r"""NNCLR loss: InfoNCE between the support-set nearest neighbour of one view's projection
     and the other view's predictions.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 4.2 (solo-learn ``nnclr_loss_func``).
+    Spec: docs/methods/nnclr.md (solo-learn ``nnclr_loss_func``).
 
     ``S = sg n(support)``; ``NN(z)_i = S[argmax_k n(z_i) . S_k]`` (constant)::
 

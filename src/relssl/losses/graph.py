@@ -1,6 +1,6 @@
 """WCL (weakly supervised contrastive learning) and its graph helper.
 
-Spec: ``wcl-bsim-pnnclr-baselines.md`` section 1 (official ``mingkai-zheng/WCL``,
+Spec: docs/methods/wcl.md (official ``mingkai-zheng/WCL``,
 ``network/wcl.py``). ``n(x) = x / ||x||`` over rows.
 """
 
@@ -159,7 +159,7 @@ def wcl_loss(a1: Tensor, a2: Tensor, g1: Tensor, g2: Tensor, temperature: float 
              graph_weight: float = 1.0, detach_candidates: bool = True) -> Tensor:
     r"""WCL loss: NT-Xent on the instance head plus a graph-label SupCon on the graph head.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 1(e)::
+    Spec: docs/methods/wcl.md::
 
         L = ntxent_loss(a1, a2, tau) + graph_weight * 0.5 * [ L_sc(b1, y2) + L_sc(b2, y1) ]
 

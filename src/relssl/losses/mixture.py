@@ -1,7 +1,7 @@
 """BSIM (beyond single-instance multi-view): mixture-view losses.
 
-Spec: ``wcl-bsim-pnnclr-baselines.md`` section 2. **Reconstructed from the abstract only; no
-official code exists and the loss is unverified against the paper** (spec section 2(e)).
+Spec: docs/methods/bsim.md. **Reconstructed from the abstract only; no
+official code exists and the loss is unverified against the paper** (docs/methods/bsim.md).
 ``n(x) = x / ||x||`` over rows, ``sg`` = stop-gradient.
 """
 
@@ -32,7 +32,7 @@ def bsim_infonce_loss(q_mix: Tensor, keys: Tensor, perm: Tensor, lam: float | Te
                       detach_keys: bool = True) -> Tensor:
     r"""BSIM soft-target InfoNCE of each mixture against its two sources (contrastive hosts).
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 2(e) (reconstructed, unverified). The
+    Spec: docs/methods/bsim.md (reconstructed, unverified). The
     mixture ``x_m,i = lam_i x_i + (1 - lam_i) x_perm[i]`` is encoded by the online/query branch::
 
         C = [sg n(keys); sg n(negatives)]                 (N + K candidates)
@@ -83,7 +83,7 @@ def bsim_infonce_loss(q_mix: Tensor, keys: Tensor, perm: Tensor, lam: float | Te
 def bsim_byol_loss(p_mix: Tensor, z_target: Tensor, perm: Tensor, lam: float | Tensor) -> Tensor:
     r"""BSIM mixture regression for a BYOL host.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 2(e) (reconstructed, unverified)::
+    Spec: docs/methods/bsim.md (reconstructed, unverified)::
 
         L = mean_i [ lam_i (2 - 2 cos(p_mix_i, sg z_i)) + (1 - lam_i)(2 - 2 cos(p_mix_i, sg z_perm[i])) ]
 

@@ -1,6 +1,6 @@
 """pNNCLR: stochastic pseudo nearest neighbours.
 
-Spec: ``wcl-bsim-pnnclr-baselines.md`` section 3 (official ``mb16biswas/pnnclr``,
+Spec: docs/methods/pnnclr.md (official ``mb16biswas/pnnclr``,
 ``Pretraining_SSL.ipynb``, class ``PNNCLR``). ``n(x) = x / ||x||`` over rows.
 """
 
@@ -73,7 +73,7 @@ def pseudo_nn(q: Tensor, support: Tensor, t: float | Tensor = 0.95, noise: Tenso
               *, topk: int = 1, generator: torch.Generator | None = None) -> Tensor:
     r"""pNNCLR pseudo nearest neighbour of each query in the support set.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 3(e), "Pseudo-NN"::
+    Spec: docs/methods/pnnclr.md, "Pseudo-NN"::
 
         u = n(q),  S = sg n(support),  NN(u)_i = S[argmax_k u_i . S_k]      (constant)
         pNN(u) = (1 - t) * u + t * NN(u)   (+ noise)
@@ -118,7 +118,7 @@ def pnnclr_loss(a: Tensor, b: Tensor, support: Tensor, temperature: float = 0.1,
                 noise_std: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     r"""One call ``C(a, b; support)`` of the pNNCLR contrastive loss: four blocks, 4B rows.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 3(e), "Contrastive call". With
+    Spec: docs/methods/pnnclr.md, "Contrastive call". With
     ``A = n(a)``, ``Bn = sg n(b)`` and ``pNN`` as in :func:`pseudo_nn` (recomputed per block)::
 
         S1 = pNN(A)  Bn^T,   S2 = Bn pNN(A)^T,   S3 = pNN(Bn) A^T,   S4 = A pNN(Bn)^T     (each B x B) / tau

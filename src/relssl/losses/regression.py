@@ -1,7 +1,6 @@
 """Non-contrastive regression losses: BYOL and MSF (mean shift).
 
-Specs: ``wcl-bsim-pnnclr-baselines.md`` section 4.3 (BYOL) and ``msvq-ascl-msf-moco.md``
-section 3 (MSF). ``n(x) = x / ||x||`` over rows, ``sg`` = stop-gradient.
+Specs: docs/methods/byol.md (BYOL) and docs/methods/msf.md (MSF). ``n(x) = x / ||x||`` over rows, ``sg`` = stop-gradient.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ def _regression_rows(p: Tensor, z: Tensor) -> Tensor:
 def byol_regression(p: Tensor, z: Tensor, *, reduction: str = "mean") -> Tensor:
     r"""One direction of the BYOL loss: ``mean_i [2 - 2 cos(p_i, sg z_i)]``.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 4.3. ``2 - 2 cos`` is the squared Euclidean
+    Spec: docs/methods/byol.md. ``2 - 2 cos`` is the squared Euclidean
     distance between the unit vectors ``n(p_i)`` and ``n(z_i)``; it lies in [0, 4].
 
     Args:
@@ -57,7 +56,7 @@ def byol_regression(p: Tensor, z: Tensor, *, reduction: str = "mean") -> Tensor:
 def byol_loss(p1: Tensor, p2: Tensor, zt1: Tensor, zt2: Tensor) -> Tensor:
     r"""Symmetric BYOL loss.
 
-    Spec: ``wcl-bsim-pnnclr-baselines.md`` section 4.3::
+    Spec: docs/methods/byol.md::
 
         L = mean_i [2 - 2 cos(p1_i, sg zt2_i)] + mean_i [2 - 2 cos(p2_i, sg zt1_i)]
 
@@ -81,7 +80,7 @@ def byol_loss(p1: Tensor, p2: Tensor, zt1: Tensor, zt2: Tensor) -> Tensor:
 def msf_loss(p: Tensor, t: Tensor, bank: Tensor, topk: int = 5) -> Tensor:
     r"""MSF (mean shift) loss: regress the prediction onto the target's top-k bank neighbours.
 
-    Spec: ``msvq-ascl-msf-moco.md`` section 3(d)-(e) (official ``MeanShift.forward``).
+    Spec: docs/methods/msf.md (official ``MeanShift.forward``).
 
     ``B = sg n(bank)`` (K rows)::
 

@@ -1,7 +1,7 @@
 """Relational / soft-target losses: MSVQ (multiple sample views and queues) and ASCL (adaptive
 soft contrastive learning).
 
-Spec: ``msvq-ascl-msf-moco.md`` sections 1 (MSVQ) and 2 (ASCL). ``n(x) = x / ||x||`` over rows,
+Spec: docs/methods/msvq.md (MSVQ) and docs/methods/ascl.md (ASCL). ``n(x) = x / ||x||`` over rows,
 ``sg`` = stop-gradient, ``CE(P, Q) = -sum_j P_j log Q_j`` per row.
 """
 
@@ -41,7 +41,7 @@ def msvq_loss(z1: Tensor, z2: Tensor, z3: Tensor, z4: Tensor, queue1: Tensor, qu
               tau_t: float = 0.04, tau_s: float = 0.1) -> Tensor:
     r"""MSVQ loss: the mean of three teacher-to-student relation cross-entropies.
 
-    Spec: ``msvq-ascl-msf-moco.md`` section 1(e) (official ``MSVQ.contrastive_loss``).
+    Spec: docs/methods/msvq.md (official ``MSVQ.contrastive_loss``).
 
     ``Q1 = sg n(queue1)``, ``Q2 = sg n(queue2)`` (the queues *before* this step's enqueue)::
 
@@ -145,7 +145,7 @@ def ascl_targets(k: Tensor, queue: Tensor, t2: float = 0.05, nn_num: int = 1,
                  relation: str = "ascl") -> Tensor:
     r"""ASCL soft targets over ``[positive key, queue]``, shape (N, 1 + K).
 
-    Spec: ``msvq-ascl-msf-moco.md`` section 2(e) (official ``ASCL._forward_moco``).
+    Spec: docs/methods/ascl.md (official ``ASCL._forward_moco``).
 
     ``s = sg n(k) sg n(Q)^T / t2`` (N x K), ``p = softmax(s)`` per row,
     ``c = 1 - H(p) / log K`` (confidence in [0, 1]; 0 for a uniform p, 1 for a one-hot p)::
@@ -183,7 +183,7 @@ def ascl_loss(q: Tensor, k: Tensor, queue: Tensor, t1: float = 0.1, t2: float = 
               nn_num: int = 1, relation: str = "ascl") -> Tensor:
     r"""ASCL loss (MoCo form): soft-target cross-entropy over ``[positive key, queue]``.
 
-    Spec: ``msvq-ascl-msf-moco.md`` section 2(e)::
+    Spec: docs/methods/ascl.md::
 
         l_i = [ n(q_i) . sg n(k_i),  n(q_i) . sg n(Q)^T ] / t1          (1 + K logits)
         L   = mean_i -sum_j y_ij log softmax(l_i)_j,    y = ascl_targets(k, queue, t2, nn_num, relation)
@@ -216,7 +216,7 @@ def ascl_loss(q: Tensor, k: Tensor, queue: Tensor, t1: float = 0.1, t2: float = 
 def ascl_byol_loss(h: Tensor, k: Tensor, t2: float = 0.05, nn_num: int = 1) -> Tensor:
     r"""ASCL loss, BYOL form: batch-internal soft regression targets (no queue).
 
-    Spec: ``msvq-ascl-msf-moco.md`` section 2(e), "BYOL variant" (official ``_forward_byol``).
+    Spec: docs/methods/ascl.md, "BYOL variant" (official ``_forward_byol``).
 
     ``kn = sg n(k)``; for row i, the N - 1 other keys ``j != i``::
 

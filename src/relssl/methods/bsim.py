@@ -1,6 +1,6 @@
 """BSIM plug-in (Chu, Zhan, Wei): mixture "spurious-positive" pairs for SimCLR, MoCo v2 and BYOL.
 
-Spec: shared/methods/wcl-bsim-pnnclr-baselines.md section 2. **This is a reconstruction**: no
+Spec: docs/methods/bsim.md. **This is a reconstruction**: no
 official code exists, and only the paper's abstract could be read. Every open choice is an
 option, with the default we chose:
 

@@ -1,6 +1,6 @@
 """MoCo v2 (Chen, Fan, Girshick, He 2020): query encoder, EMA key encoder, FIFO queue of keys.
 
-Spec: shared/methods/msvq-ascl-msf-moco.md section 4 (and section 0 for the small-data recipe).
+Spec: docs/methods/mocov2.md (and docs/methods/small-data-recipe.md).
 Step: q = n(g(f(x1))); k = n(g_k(f_k(x2))) with Shuffle-BN, no gradient; loss = InfoNCE of q
 against [k, queue] (the queue as it was *before* this step); then the keys are enqueued.
 The key encoder moves by EMA after every optimizer step (the same as MoCo's update at the start

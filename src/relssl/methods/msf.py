@@ -1,7 +1,7 @@
 """MSF, Mean Shift (Koohpayegani, Tejankar, Pirsiavash; ICCV 2021): BYOL towards the target's neighbours.
 
-Spec: shared/methods/msvq-ascl-msf-moco.md section 3 (official code UMBCvision/MSF,
-``train_msf.py``, ``MeanShift.forward``), with the section 0 small-data recipe in the packaged
+Spec: docs/methods/msf.md (official code UMBCvision/MSF,
+``train_msf.py``, ``MeanShift.forward``), with the small-data recipe (docs/methods/small-data-recipe.md) in the packaged
 configs. Online network: backbone + projection MLP ``Linear(f, 2f) -> BN -> ReLU -> Linear(2f, f/4)``
 + prediction MLP ``Linear(f/4, 2f) -> BN -> ReLU -> Linear(2f, f/4)`` (f = backbone feature size;
 ResNet-18: 512 -> 1024 -> 128 and 128 -> 1024 -> 128; ``proj_hidden`` / ``proj_dim`` /
@@ -14,14 +14,14 @@ the bank first**, then the bank is searched for the ``topk`` nearest rows of eac
 ``relssl.losses.msf_loss(p, t, bank, topk)`` regresses the online prediction ``p`` onto them. So
 every target finds itself as its first neighbour and ``topk = 1`` is BYOL's ``2 - 2 cos(p, t)``.
 (The pc-cp re-implementation searches first and adds the target explicitly; a different loss,
-not this one: spec 3(i)2.)
+not this one: docs/methods/msf.md.)
 
 Choices:
 
 * Views: ``default_views = (query, target) = ("strong", "weak")``, i.e. the paper's "MSF w/s"
   (``--augmentation weak/strong`` = target weak, query strong); the weak flip keeps the official
   p = 0.5 (the pc-cp baselines use 0.9: ``augment.weak.flip_p``).
-* Bank size: the spec says "as large as memory allows" (128K / 1.024M on ImageNet); the default
+* Bank size: as large as memory allows (the official ImageNet runs use 128K and 1.024M); the default
   and the small-data recipes use 16384. No ``K % batch`` assertion, but K must be ``>= topk``
   (``Config.validate``) and ``>= the global batch`` (``check_run_config``, before any work):
   because the batch is written before the search, a smaller bank would keep only the batch's

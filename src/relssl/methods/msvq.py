@@ -1,6 +1,6 @@
 """MSVQ (Peng, Long, Li; KBS 2024): multiple sample views and queues, relational distillation.
 
-Spec: shared/methods/msvq-ascl-msf-moco.md sections 0 and 1 (official code pc-cp/MSVQ,
+Spec: docs/methods/small-data-recipe.md and docs/methods/msvq.md (official code pc-cp/MSVQ,
 ``network/msvq.py``). A student (backbone + MoCo-v2 head ``Linear -> ReLU -> Linear``, no BN)
 sees one strong view x1; two EMA teachers (deep copies of the student, constant momenta ``m1``,
 ``m2``; teacher 2 is the faster-moving one in the README recipes) see three weak views:
@@ -15,14 +15,14 @@ written (a snapshot is taken, then the keys are enqueued with index / label / st
 Choices:
 
 * Momenta, tau_t and queue size default to the README's CIFAR-10 command (m1 0.99, m2 0.95,
-  tau_t 0.04, K 4096), not the argparse defaults (m1 0.95, m2 0.99, tem 0.1): spec 1(i)2.
-* tau_s is a parameter (the code hard-codes 0.1): spec 1(i)5.
-* CE, not KL (same gradient; the loss value is higher by the teacher entropy): spec 1(i)4.
+  tau_t 0.04, K 4096), not the argparse defaults (m1 0.95, m2 0.99, tem 0.1): docs/methods/msvq.md.
+* tau_s is a parameter (the code hard-codes 0.1): docs/methods/msvq.md.
+* CE, not KL (same gradient; the loss value is higher by the teacher entropy): docs/methods/msvq.md.
 * EMA: the official code updates the teachers at the start of every forward, before the loss.
   Here :meth:`after_optimizer_step` does it after every optimizer step: the same sequence of
   teacher weights (the update before step t+1's forward uses the student after step t; at step
   0 the teachers equal the student, so the official first update is a no-op).
-* Weak views: the official runs flip with p = 0.9 (``RandomHorizontalFlip(0.9)``, spec 1(i)3).
+* Weak views: the official runs flip with p = 0.9 (``RandomHorizontalFlip(0.9)``, docs/methods/msvq.md).
   This is set through the view recipes: the packaged recipes say
   ``augment: {weak: {flip_p: 0.9}}``, and ``default_augment`` makes it the method's default:
   the engine applies it under the user's ``augment:`` section, so a run without a packaged recipe

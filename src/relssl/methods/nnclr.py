@@ -1,6 +1,6 @@
 """NNCLR (Dwibedi et al. 2021): the positive of a view is its nearest neighbour in a support set.
 
-Spec: shared/methods/wcl-bsim-pnnclr-baselines.md section 4.2 (trusted code: solo-learn
+Spec: docs/methods/nnclr.md (trusted code: solo-learn
 ``solo/methods/nnclr.py`` + ``solo/losses/nnclr.py``; lightly's NN memory bank and heads).
 
 Networks: backbone -> projector (``nnclr_projector``: 3 Linear layers, BN after each, ReLU after

@@ -1,7 +1,7 @@
 """pNNCLR (Biswas, Buckchash, Prasad 2023/2024): NNCLR with *pseudo* nearest neighbours and a
 smoothly updated (EMA) target network.
 
-Spec: shared/methods/wcl-bsim-pnnclr-baselines.md section 3 (official code: mb16biswas/pnnclr
+Spec: docs/methods/pnnclr.md (official code: mb16biswas/pnnclr
 ``Pretraining_SSL.ipynb``, class ``PNNCLR``; TensorFlow/Keras).
 
 Networks (official shapes, widths configurable; the official values are the defaults):
@@ -42,7 +42,7 @@ Options (``Config``; the extensions are off by default):
   keep ``sum`` and divide a mean-tuned lr by 4B.
 * ``noise`` False, ``noise_std`` 0.1: add an independent N(0, noise_std^2) draw to every pseudo
   neighbour (one per block, as the official ``noise=True``; whether Keras' GaussianNoise was even
-  active there is uncertain, spec 3(e) caveat).
+  active there is uncertain, docs/methods/pnnclr.md).
 * ``topk`` 1: >1 draws the neighbour uniformly among the top-k (the paper's "stochastic" wording;
   not in the code, unverified). ``t_min`` None: a number draws a per-sample t ~ U[t_min, t] in
   every pseudo-neighbour call (unverified extension).

@@ -1,7 +1,7 @@
 """ReSSL (Zheng et al. 2021) as re-implemented by the MSVQ authors: one teacher, one queue, one soft label.
 
-Spec: shared/methods/msvq-ascl-msf-moco.md section 5, ReSSL row (pc-cp/Benchmark-Methods-For-MNN,
-``network/ReSSL.py``), with the section 0 recipe. The student (backbone + MoCo-v2 head, no BN)
+Spec: docs/methods/ressl.md, ReSSL row (pc-cp/Benchmark-Methods-For-MNN,
+``network/ReSSL.py``), with the small-data recipe (docs/methods/small-data-recipe.md). The student (backbone + MoCo-v2 head, no BN)
 sees the strong view, the EMA teacher (constant momentum) the weak view with Shuffle-BN. Loss:
 ``CE(softmax(n(z_k) Q^T / tau_t), softmax(n(z_q) Q^T / tau_s))`` over the queue Q *before* this
 step's keys are written (MemoryBankModule returns the old bank, then writes) = one term of MSVQ

@@ -1,6 +1,6 @@
 """SimCLR (Chen et al. 2020): one encoder, two views, NT-Xent over the 2B embeddings.
 
-Spec: shared/methods/wcl-bsim-pnnclr-baselines.md section 4.1. Head: Linear -> BN -> ReLU ->
+Spec: docs/methods/simclr.md. Head: Linear -> BN -> ReLU ->
 Linear (SimCLR v1). Temperature 0.2 by default (the solo-learn and pc-cp CIFAR recipes; the
 loss function's own default is lightly's 0.5).
 """

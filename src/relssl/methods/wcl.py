@@ -1,8 +1,8 @@
 """WCL: Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021, arXiv 2110.04770).
 
-Spec: shared/methods/wcl-bsim-pnnclr-baselines.md section 1 (official ``mingkai-zheng/WCL``,
-``network/wcl.py`` and ``wcl.py``); its two terms are NT-Xent (section 4.1) and a within-view
-SupCon L_out (section 4.4) on weak labels.
+Spec: docs/methods/wcl.md (official ``mingkai-zheng/WCL``,
+``network/wcl.py`` and ``wcl.py``); its two terms are NT-Xent and a within-view
+SupCon L_out on weak labels.
 
 Step: ``h = f(cat[x1, x2])`` (one backbone forward, so both views share BN statistics),
 ``a_v = g(h_v)`` (instance head), ``b_v = phi(h_v)`` (graph head), then
@@ -15,7 +15,7 @@ pointer-doubling rounds on the device (about log2 of the batch), with no host sy
 so the graph step never stalls a GPU (tested under ``torch.cuda.set_sync_debug_mode("error")``
 where a GPU is present).
 
-Choices (code = official repo, paper = the ICCV paper as the spec recalls it):
+Choices (code = official repo, paper = the ICCV paper):
 
 * Heads: two ``relssl.nn.wcl_head`` (Linear-BN-ReLU-Linear-BN-ReLU-Linear, bias on, no final BN).
   Defaults ``proj_hidden=4096``, ``proj_dim=256`` are the code's; the paper's 2048/128 are what

@@ -1,6 +1,6 @@
 """Network building blocks: backbones, split BN, heads, EMA teachers, feature queues, gathers.
 
-Everything here is a plain ``torch.nn`` part with no engine or method logic (DESIGN.md, "Layers").
+Everything here is a plain ``torch.nn`` part with no engine or method logic (DEVELOPERS.md, "Layout").
 """
 
 from .backbones import BACKBONES, ConvNet, build_backbone, load_torchvision_weights

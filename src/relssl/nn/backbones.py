@@ -1,11 +1,11 @@
 """Backbones: torchvision ResNets with the CIFAR stem option, and small conv nets for the CPU.
 
-Follows ``methods/msvq-ascl-msf-moco.md`` section 0 ("Backbone ResNet-18, CIFAR stem"):
+Follows docs/methods/small-data-recipe.md ("Backbone ResNet-18, CIFAR stem"):
 torchvision ResNet (``weights=None``, ``zero_init_residual=False``), ``conv1`` replaced by a
 3x3 / stride 1 / padding 1 convolution without bias, the 3x3/2 max-pool removed for
 CIFAR-sized inputs (kept for STL-10 / Tiny ImageNet: ``maxpool=True``), and ``fc``
 replaced by the identity so the module returns the globally average-pooled feature
-(512-d for ResNet-18/34, 2048-d for ResNet-50). SplitBatchNorm (section 0) is applied with
+(512-d for ResNet-18/34, 2048-d for ResNet-50). SplitBatchNorm (docs/methods/small-data-recipe.md) is applied with
 ``bn_splits > 1``.
 
 Because the ResNets *are* torchvision ResNets (only ``fc`` is an ``Identity``), their
@@ -13,9 +13,9 @@ state dicts are torchvision-compatible minus the ``fc.*`` keys; :func:`load_torc
 goes the other way.
 
 ``convnet`` / ``convnet_tiny`` are small fast nets (4 blocks conv3x3-BN-ReLU, max-pool after
-blocks 1-3, global average pool) used by the unit tests and the CPU demo (DESIGN.md, "Speed":
-on 2 CPU cores the 32-256 net trains two views at a few hundred images/s, a CIFAR-stem
-ResNet-18 at ~16 images/s).
+blocks 1-3, global average pool) used by the unit tests and the CPU budget (on 2 CPU cores the
+32-256 net trains at a few hundred images/s, see docs/comparison.md); ``convnet_grid`` is the same
+net with a 2x2 feature grid (the CPU demo's backbone).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def build_backbone(
         name: one of :data:`BACKBONES` (``resnet18``, ``resnet34``, ``resnet50``, ``convnet``,
             ``convnet_tiny``, ``convnet_grid``: convnet's layers with a 2x2 feature grid).
         in_channels: input channels (1 for Fashion-MNIST / grey MedMNIST, 3 for RGB).
-        cifar_stem: ResNets only: ``conv1`` = 3x3 stride 1 pad 1 no bias (spec section 0);
+        cifar_stem: ResNets only: ``conv1`` = 3x3 stride 1 pad 1 no bias (docs/methods/small-data-recipe.md);
             False keeps torchvision's 7x7/2 stem (rebuilt only if ``in_channels != 3``).
         maxpool: ResNets only: keep the stem's 3x3/2 max-pool (True: STL-10, Tiny ImageNet,
             ImageNet-style stems) or replace it by ``Identity`` (False: CIFAR-sized inputs).

@@ -3,9 +3,8 @@
 Every helper is the identity (or 0 / 1) when ``torch.distributed`` is not initialised, so the
 same method code runs on one CPU process and on many GPUs.
 
-``gather_with_grad`` follows the convention of solo-learn's / lightly's ``GatherLayer``
-(``methods/wcl-bsim-pnnclr-baselines.md`` section 6: "gather with gradient when you want
-textbook gradients"): in backward, the gradients every process computed for the gathered tensor
+``gather_with_grad`` follows the convention of solo-learn's / lightly's ``GatherLayer`` (gather
+with gradient when the textbook gradient is wanted; docs/distributed.md): in backward, the gradients every process computed for the gathered tensor
 are summed over processes (all-reduce) and each process keeps the slice of its own input. With
 DDP averaging parameter gradients, this yields the gradient of the mean of the per-process
 losses, exactly as if the whole global batch were on one device.

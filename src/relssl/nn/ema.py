@@ -3,14 +3,14 @@
 * :func:`make_teacher` -- a frozen deep copy of a student (MoCo key encoder, BYOL target,
   MSVQ teachers 1 and 2, pNNCLR target).
 * :func:`ema_update` -- ``theta_t <- m * theta_t + (1 - m) * theta_s`` over parameters
-  ("EMA(m)" in ``methods/msvq-ascl-msf-moco.md``: parameters only, BN buffers of the teacher
+  ("EMA(m)" in docs/methods/: parameters only, BN buffers of the teacher
   are never copied in MoCo/MSVQ/ASCL/MSF). ``copy_buffers=True`` also averages the floating
   buffers (BN running mean/var) and copies integer buffers: pNNCLR's smooth weight update
   applies to "every weight of f and g, including BN moving mean and variance"
-  (``methods/wcl-bsim-pnnclr-baselines.md`` section 3(e)).
+  (docs/methods/pnnclr.md).
 * :func:`momentum_at` -- constant momentum, or BYOL's cosine schedule
   ``tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2`` generalised to ``base -> final``
-  (section 4.3; solo-learn CIFAR: 0.99 -> 1.0).
+  (docs/methods/byol.md; solo-learn CIFAR: 0.99 -> 1.0).
 """
 
 from __future__ import annotations

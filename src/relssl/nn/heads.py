@@ -1,16 +1,16 @@
 """MLP projection / prediction heads.
 
-One builder, :func:`mlp`, plus presets with the shapes the specs name:
+One builder, :func:`mlp`, plus presets with the shapes the official code bases use (docs/methods/):
 
 * :func:`moco_head` -- MoCo v2 / MSVQ / ASCL projector ``Linear(d, 2048) -> ReLU -> Linear(2048, 128)``,
-  biases on, no BN (``methods/msvq-ascl-msf-moco.md`` section 0, "Projection head").
+  biases on, no BN (docs/methods/small-data-recipe.md, "Projection head").
 * :func:`simclr_head` -- SimCLR v1 ``Linear(d, 2048) -> BN -> ReLU -> Linear(2048, 128)``
-  (``methods/wcl-bsim-pnnclr-baselines.md`` section 4.1).
-* :func:`byol_head` -- BYOL projector/predictor ``Linear(d, 4096) -> BN -> ReLU -> Linear(4096, 256)`` (section 4.3).
+  (docs/methods/simclr.md).
+* :func:`byol_head` -- BYOL projector/predictor ``Linear(d, 4096) -> BN -> ReLU -> Linear(4096, 256)`` (docs/methods/byol.md).
 * :func:`nnclr_projector` -- 3 layers ``[2048, 2048, 256]``, BN after every layer, ReLU after all but
-  the last; :func:`nnclr_predictor` -- ``[4096, 256]`` BN+ReLU on the hidden layer (section 4.2).
+  the last; :func:`nnclr_predictor` -- ``[4096, 256]`` BN+ReLU on the hidden layer (docs/methods/nnclr.md).
 * :func:`wcl_head` -- WCL ``Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear``, bias on, no BN at
-  the end (section 1(b); paper H=2048, D=128; released code H=4096, D=256).
+  the end (docs/methods/wcl.md; paper H=2048, D=128; released code H=4096, D=256).
 
 The returned ``nn.Sequential`` holds the layers in order (no nested blocks), so
 ``head[0]`` is the first Linear.

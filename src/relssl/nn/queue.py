@@ -1,14 +1,14 @@
 """FeatureQueue: the FIFO feature bank shared by every queue-based method.
 
-DESIGN.md ("The queue is the heart of these methods") and ``anchors.md`` sections 3 (items 4, 5)
-and 4(c) list what peers get wrong; this module fixes each point:
+The queue is the heart of the queue-based methods, and the issue trackers of the other SSL
+libraries (cited below) list what goes wrong with theirs; this module fixes each point:
 
 * **persistent** -- every buffer (rows, per-row metadata, pointer, counters) is in the state
   dict, so a resumed run continues with the same queue (lightly PR #993 made its bank
   non-persistent, so NNCLR/MoCo resume with a random bank);
 * **any size** -- no ``queue_size % batch_size == 0`` assertion (solo-learn, MMPretrain, VISSL):
   a write that straddles the end is split and wraps to the start instead of dropping the tail
-  (lightly, and the MSVQ code of ``methods/msvq-ascl-msf-moco.md`` section 1(d));
+  (lightly, and the MSVQ code of docs/methods/msvq.md);
 * **gathered** -- when ``torch.distributed`` is initialised, ``enqueue(gather=True)`` all-gathers
   the batch first and writes it in rank order, so every process holds the same queue
   (lightly #1018, solo-learn #229);

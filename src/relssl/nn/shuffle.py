@@ -1,4 +1,4 @@
-"""Shuffle-BN for teacher / key encoders (``methods/msvq-ascl-msf-moco.md`` section 0).
+"""Shuffle-BN for teacher / key encoders (docs/methods/small-data-recipe.md).
 
 MoCo's Shuffle-BN: permute the batch before the teacher forward and un-permute its output, so
 that with per-device BN (or :class:`~relssl.nn.splitbn.SplitBatchNorm2d`) the samples sharing

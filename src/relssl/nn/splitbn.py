@@ -1,6 +1,6 @@
 """Split batch normalisation: simulate multi-GPU BatchNorm on one device.
 
-Follows ``methods/msvq-ascl-msf-moco.md`` section 0 ("SplitBatchNorm (bn_splits = 8)"),
+Follows docs/methods/small-data-recipe.md ("SplitBatchNorm (bn_splits = 8)"),
 the trick of the MoCo CIFAR-10 demo that MSVQ, ASCL and the pc-cp baselines inherit:
 in training the batch of N samples is cut into ``num_splits`` groups that are
 normalised with their own batch statistics, as if each group sat on its own GPU
