@@ -62,7 +62,7 @@ from relssl.cli import CONFIG_DIR, resolve_recipe  # noqa: E402
 from relssl.config import TrainerConfig, apply_overrides, config_from_dict, read_yaml  # noqa: E402
 from relssl.engine import pretrain  # noqa: E402
 from relssl.engine.run import environment, eval_image_size, load_data, resolve_precision  # noqa: E402
-from relssl.errors import ConfigError  # noqa: E402
+from relssl.errors import ConfigError, RunInterrupted  # noqa: E402
 from relssl.evaluate.knn import extract_features, knn_accuracy  # noqa: E402
 from relssl.evaluate.linear import LinearProbeConfig, linear_probe_features  # noqa: E402
 from relssl.methods import METHODS  # noqa: E402
@@ -935,6 +935,11 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 entry = run_one(combo, method, plugins, seed, preset, splits, runs_dir, accelerator, linear_epochs,
                                 device, args.keep_checkpoints)
+        except RunInterrupted as err:  # SIGTERM / SIGINT: the user stops the comparison, not this run
+            print(f"compare: {combo} seed {seed} interrupted; its checkpoint is kept: run the "
+                  "same command again to resume it and continue", flush=True)
+            md, plots = render(out)
+            raise SystemExit(err.exit_code) from None
         except Exception as err:  # noqa: BLE001 - one failed combination must not stop the others
             msg = f"{type(err).__name__}: {err}"
             print(f"compare: {combo} seed {seed} FAILED: {msg}", flush=True)

@@ -131,3 +131,28 @@ def test_cpu_smoke_end_to_end_records_skips_and_renders(compare, tmp_path, monke
     # another budget must not be appended to the same file
     with pytest.raises(ConfigError, match="other shared settings"):
         compare.main([a if a != "1" else "2" for a in argv])
+
+
+@pytest.mark.usefixtures("fmnist")
+def test_a_signal_stops_the_comparison_instead_of_failing_the_run(compare, tmp_path, monkeypatch):
+    """SIGTERM / SIGINT during a run (it has written a resumable checkpoint and raised RunInterrupted)
+    ends the whole comparison with the signal's exit code; it is not recorded as that run's failure,
+    and no later combination starts."""
+    from relssl.errors import RunInterrupted
+
+    calls = []
+
+    def interrupted(combo, *a, **k):
+        calls.append(combo)
+        raise RunInterrupted("interrupted by SIGTERM at step 3 (epoch 0)", exit_code=143)
+
+    monkeypatch.setattr(compare, "run_one", interrupted)
+    out = tmp_path / "compare_cpu-smoke.json"
+    argv = ["--preset", "cpu-smoke", "--methods", "simclr", "mocov2", "--seeds", "0", "--subset", "384",
+            "--epochs", "1", "--accelerator", "cpu", "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as stop:
+        compare.main(argv)
+    assert stop.value.code == 143
+    assert calls == ["simclr"]  # mocov2 never started
+    data = json.loads(out.read_text())
+    assert data["failures"] == [] and data["runs"] == []
