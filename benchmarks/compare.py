@@ -58,15 +58,17 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from relssl.cli import CONFIG_DIR, resolve_recipe  # noqa: E402
+from relssl.config import CONFIG_DIR, resolve_recipe  # noqa: E402
 from relssl.config import TrainerConfig, apply_overrides, config_from_dict, read_yaml  # noqa: E402
 from relssl.engine import pretrain  # noqa: E402
-from relssl.engine.run import environment, eval_image_size, load_data, resolve_precision  # noqa: E402
+from relssl.config import eval_image_size, load_data  # noqa: E402
+from relssl.engine.rundir import environment  # noqa: E402
+from relssl.engine.setup import resolve_precision  # noqa: E402
 from relssl.errors import ConfigError, RunInterrupted  # noqa: E402
-from relssl.evaluate.knn import extract_features, knn_accuracy  # noqa: E402
+from relssl.metrics.knn import extract_features, knn_accuracy  # noqa: E402
 from relssl.evaluate.linear import LinearProbeConfig, linear_probe_features  # noqa: E402
 from relssl.methods import METHODS  # noqa: E402
-from relssl.methods.plugins import PLUGINS  # noqa: E402
+from relssl.methods.plugins import PLUGINS, hosts_of  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 KNN_K, KNN_T = 200, 0.1
@@ -167,7 +169,7 @@ def combinations() -> list[tuple[str, str, tuple[str, ...]]]:
     the recipes define the matrix, so a control that is not a method (a label oracle) stays out."""
     out = [(m, m, ()) for m in METHODS]
     for pname, cls in PLUGINS.items():
-        out += [(f"{host}+{pname}", host, (pname,)) for host in METHODS if host in cls.hosts]
+        out += [(f"{host}+{pname}", host, (pname,)) for host in hosts_of(cls)]
     return [c for c in out if (CONFIG_DIR / (recipe_name(c[0]) + ".yaml")).is_file()]
 
 

@@ -35,11 +35,12 @@ import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from relssl.cli import resolve_recipe  # noqa: E402
+from relssl.config import resolve_recipe  # noqa: E402
 from relssl.config import load_config  # noqa: E402
 from relssl.engine import pretrain  # noqa: E402
-from relssl.engine.run import environment, load_data  # noqa: E402
-from relssl.evaluate.knn import knn_accuracy, pixel_features_pair  # noqa: E402
+from relssl.config import load_data
+from relssl.engine.rundir import environment  # noqa: E402
+from relssl.metrics.knn import knn_accuracy, pixel_features_pair  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BANK, TEST = 10000, 5000

@@ -28,10 +28,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from relssl.cli import resolve_recipe
+from relssl.config import resolve_recipe
 from relssl.config import load_config
 from relssl.engine import pretrain
-from relssl.engine.run import environment, load_data
+from relssl.config import load_data
+from relssl.engine.rundir import environment
 
 METHODS = ("mocov2", "simclr", "msvq", "nnclr", "wcl")
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from relssl.engine.run import environment  # noqa: E402
+from relssl.engine.rundir import environment  # noqa: E402
 from relssl.losses import connected_components, ntxent_loss, wcl_loss  # noqa: E402
 from relssl.losses.graph import nn_graph_labels, one_nn_index  # noqa: E402
 

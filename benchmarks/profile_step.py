@@ -29,11 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from relssl.augment import make_views  # noqa: E402
-from relssl.cli import resolve_recipe  # noqa: E402
+from relssl.config import resolve_recipe  # noqa: E402
 from relssl.config import load_config  # noqa: E402
 from relssl.data import DatasetSplits  # noqa: E402
 from relssl.engine.module import PretrainModule  # noqa: E402
-from relssl.engine.run import environment, load_data  # noqa: E402
+from relssl.config import load_data
+from relssl.engine.rundir import environment  # noqa: E402
 from relssl.methods import StepInfo  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

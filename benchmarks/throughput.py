@@ -30,7 +30,7 @@ from relssl.config import config_from_dict  # noqa: E402
 from relssl.data import DatasetSplits, ImageDataset  # noqa: E402
 from relssl.data.datasets import DatasetInfo  # noqa: E402
 from relssl.engine.module import PretrainModule  # noqa: E402
-from relssl.engine.run import environment  # noqa: E402
+from relssl.engine.rundir import environment  # noqa: E402
 from relssl.methods import METHODS  # noqa: E402
 from relssl.nn import build_backbone, make_teacher  # noqa: E402
 

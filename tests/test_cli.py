@@ -7,7 +7,7 @@ from relssl.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "relssl.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "relssl", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_methods_and_datasets():
@@ -46,7 +46,7 @@ def test_pretrain_and_eval_cli(tmp_path, capsys):
 
 
 def test_demo_prints_result_and_baselines(tmp_path, capsys):
-    from relssl.demo import run_demo
+    from relssl.cli.demo import run_demo
 
     rc = run_demo("simclr", "cpu", ["backbone.name=convnet_tiny", "data.subset=256", "data.bank_subset=500",
                                      "data.test_subset=200", "optim.batch_size=64", "optim.epochs=1",

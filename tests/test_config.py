@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from relssl.cli import list_recipes, resolve_recipe
+from relssl.config import list_recipes, resolve_recipe
 from relssl.config import Config, dump_config, load_config
 from relssl.errors import ConfigError
 

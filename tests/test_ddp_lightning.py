@@ -46,9 +46,9 @@ STEPS_PER_EPOCH = SUBSET // (WORLD * BATCH)
 
 
 def cli_command() -> list[str]:
-    """The installed ``relssl`` console script (what users run), else ``python -m relssl.cli``."""
+    """The installed ``relssl`` console script (what users run), else ``python -m relssl``."""
     script = Path(sys.executable).parent / "relssl"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "relssl.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "relssl"]
 
 
 def start(*args, env_extra: dict | None = None) -> subprocess.Popen:
@@ -278,7 +278,7 @@ def test_simclr_two_processes_one_epoch_skips_together(tmp_path):
     ({"SLURM_PROCID": "2"}, 1, True),  # one process: always rank 0, whatever the environment
 ])
 def test_launched_as_rank_zero(env, devices, expected, tmp_path, monkeypatch):
-    from relssl.engine.run import _RANK_ENV, launched_as_rank_zero
+    from relssl.engine.rundir import _RANK_ENV, launched_as_rank_zero
 
     for key in _RANK_ENV:
         monkeypatch.delenv(key, raising=False)

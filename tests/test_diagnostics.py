@@ -1,4 +1,4 @@
-"""False-negative diagnostics (relssl.evaluate.diagnostics) on constructed cases with known values,
+"""False-negative diagnostics (relssl.metrics.falseneg) on constructed cases with known values,
 and `relssl eval diagnose` end to end on a tiny MoCo v2 run."""
 
 import json
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from relssl.cli import main
 from relssl.engine import pretrain
-from relssl.evaluate.diagnostics import (
+from relssl.metrics.falseneg import (
     ascl_candidate_labels,
     component_stats,
     false_negative_stats,
@@ -214,7 +214,7 @@ def moco_run(tmp_path_factory, fmnist_small):
 
 
 def test_cli_diagnose_moco(moco_run, fmnist_small, monkeypatch, capsys):
-    monkeypatch.setattr("relssl.engine.run.load_data", lambda *a, **k: fmnist_small)
+    monkeypatch.setattr("relssl.evaluate.checkpoint.load_data", lambda *a, **k: fmnist_small)
     assert main(["eval", "diagnose", moco_run, "--batch", "64", "--n", "300", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "FN rate" in text and "queue queue" in text

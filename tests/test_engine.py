@@ -233,7 +233,7 @@ def test_file_backed_pretraining_equals_in_memory(tmp_path, fmnist_small):
 
 def test_method_recipe_defaults_under_user_overrides():
     from relssl.config import load_config
-    from relssl.engine.module import view_recipes
+    from relssl.engine.views import view_recipes
 
     cfg = load_config(None, ["method.name=msvq"])
     names, recipes = view_recipes(cfg, 32)

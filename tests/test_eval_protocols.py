@@ -23,7 +23,7 @@ from relssl.evaluate import (
     prepare,
     write_report,
 )
-from relssl.evaluate.knn import knn_scores
+from relssl.metrics.knn import knn_scores
 from relssl.evaluate.linear import linear_probe_features
 
 from utils import tiny_config
@@ -60,7 +60,7 @@ def random_init(run, fmnist_small):
 @pytest.fixture
 def small_data(monkeypatch, fmnist_small):
     """The CLI loads the config's dataset; hand it the few hundred images the run was trained on."""
-    monkeypatch.setattr("relssl.engine.run.load_data", lambda *a, **k: fmnist_small)
+    monkeypatch.setattr("relssl.evaluate.checkpoint.load_data", lambda *a, **k: fmnist_small)
 
 
 # ----------------------------------------------------------------------------- kNN

@@ -102,7 +102,7 @@ def finished_run(tmp_path_factory, fmnist_small):
 
 
 def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "relssl.cli", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "relssl", *args], capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stderr.strip().splitlines()
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from relssl.engine.optim import LARS, build_scheduler, param_groups, warmup_cosine
-from relssl.evaluate.knn import knn_accuracy, knn_scores, pixel_features, topk_accuracy
+from relssl.metrics.knn import knn_accuracy, knn_scores, pixel_features, topk_accuracy
 
 
 def test_weighted_knn_hand_computed():

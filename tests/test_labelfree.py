@@ -14,9 +14,9 @@ from relssl.engine import pretrain
 from relssl.engine.callbacks import KNNProbe, LabelFreeProbe, RepresentationMonitor
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.engine.module import PretrainModule
-from relssl.engine.run import build_monitor, resolve_monitor
+from relssl.engine.setup import build_monitor, resolve_monitor
 from relssl.errors import ConfigError, DataError
-from relssl.evaluate.labelfree import alignment, labelfree_metrics, rankme, uniformity
+from relssl.metrics.labelfree import alignment, labelfree_metrics, rankme, uniformity
 
 from dataset_files import save_image, smooth_image
 from utils import read_metrics, tiny_config

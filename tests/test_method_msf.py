@@ -1,5 +1,6 @@
 """MSF (methods/msf.py): official order (enqueue, then search), heads, EMA, purity, end to end."""
 
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,8 @@ import torch.nn.functional as F
 from relssl.errors import ConfigError
 from relssl.losses import msf_loss
 from relssl.methods import METHODS, StepInfo, method_config
-from relssl.methods.msf import MSF, neighbour_purity
+from relssl.methods.msf import MSF
+from relssl.metrics.falseneg import topk_neighbour_purity as neighbour_purity
 from relssl.nn import FeatureQueue, build_backbone
 
 
@@ -104,8 +106,8 @@ def test_purity_on_a_bank_of_known_labels():
     purity = neighbour_purity(bank, queries, torch.tensor([0, 1]), topk=3)
     assert abs(purity.item() - 3 / 5) < 1e-6
     assert neighbour_purity(bank, queries, torch.tensor([2, 2]), topk=3).item() == pytest.approx(1 / 5)
-    empty = FeatureQueue(6, 2)  # nothing written: no stored label, purity 0 (not NaN)
-    assert neighbour_purity(empty, queries, torch.tensor([0, 1]), topk=3).item() == 0.0
+    empty = FeatureQueue(6, 2)  # nothing written: no stored label, purity undefined (NaN, as nn_purity)
+    assert math.isnan(neighbour_purity(empty, queries, torch.tensor([0, 1]), topk=3).item())
 
 
 def test_any_bank_size_and_option_checks():

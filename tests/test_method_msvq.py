@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from relssl.errors import ConfigError
 from relssl.losses import msvq_loss
 from relssl.methods import METHODS, StepInfo, method_config
-from relssl.methods.msvq import MSVQ, relation_ce, relation_targets
+from relssl.losses import relation_ce, relation_targets
+from relssl.methods.msvq import MSVQ
 from relssl.methods.ressl import ReSSL
 from relssl.nn import build_backbone
 

@@ -10,7 +10,9 @@ import torch.multiprocessing as mp
 from relssl.errors import ConfigError
 from relssl.losses import ntxent_loss, wcl_loss
 from relssl.methods import METHODS, StepInfo, method_config
-from relssl.methods.wcl import WCL, graph_stats, multicrop_term
+from relssl.losses.graph import multicrop_term
+from relssl.methods.wcl import WCL
+from relssl.metrics.falseneg import graph_stats
 from relssl.nn import build_backbone
 
 # lightning, the engine and the test helpers are imported inside the end-to-end test only, so the
@@ -370,7 +372,7 @@ def test_multicrop_acceptance_rule_on_constructed_embeddings():
 
 def test_multicrop_config_errors_are_one_line():
     from relssl.config import load_config
-    from relssl.engine.module import view_recipes
+    from relssl.engine.views import view_recipes
 
     def error(*overrides):
         with pytest.raises(ConfigError) as err:
@@ -392,7 +394,7 @@ def test_multicrop_config_errors_are_one_line():
 def test_view_recipes_add_the_small_crops():
     from relssl.augment import make_views
     from relssl.config import load_config
-    from relssl.engine.module import view_recipes
+    from relssl.engine.views import view_recipes
 
     cfg = load_config(None, ["method.name=wcl", "method.multicrop=2"])
     names, recipes = view_recipes(cfg, 32)

@@ -246,7 +246,7 @@ def test_bad_input_table_is_large():
 
 
 def test_scientific_notation_is_a_number_everywhere():
-    from relssl.cli import resolve_recipe
+    from relssl.config import resolve_recipe
     from relssl.config import load_config
 
     cfg = load_config(resolve_recipe(R), ["optim.lr=1e-3", "optim.weight_decay=5e-4", "method.temperature=2E-1"])

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relssl.cli import resolve_recipe
+from relssl.config import resolve_recipe
 from relssl.config import load_config
 
 # tiny conv net, batch 64, kNN every epoch with k=20, log every step, CPU
@@ -50,7 +50,7 @@ def digest(root: Path) -> dict:
 
 
 def cli(*args):
-    """``relssl ARGS`` as a real process (``python -m relssl.cli``), stderr captured."""
+    """``relssl ARGS`` as a real process (``python -m relssl``), stderr captured."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "relssl.cli", *args], stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "relssl", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env, text=True)

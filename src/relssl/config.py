@@ -12,17 +12,20 @@ The ``method`` section is checked against the chosen method's own ``Config`` dat
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from relssl.augment import recipe as make_recipe
+from relssl.data import DatasetSplits, load_dataset
 from relssl.errors import ConfigError
+from relssl.methods import METHODS, method_config
+from relssl.methods.plugins import plugins_config
+from relssl.nn import BACKBONES, build_backbone, load_torchvision_weights
+from relssl.schema import build_dataclass
 
 
 class _Loader(yaml.SafeLoader):
@@ -97,8 +100,6 @@ class BackboneConfig:
     pretrained: str | None = None  # path to a torchvision state dict to start from (default: random init)
 
     def validate(self) -> None:
-        from relssl.nn import BACKBONES
-
         if self.name not in BACKBONES:
             raise ConfigError(f"backbone.name must be one of {', '.join(BACKBONES)}; got {self.name!r}")
         if self.bn_splits < 1:
@@ -233,107 +234,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------- parsing / checking
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _check_value(key: str, value: Any, tp: Any) -> Any:
-    """Check (and mildly coerce: int -> float, list -> tuple) ``value`` against the annotation ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_value(key, value, arg)
-            except ConfigError as err:
-                errors.append(str(err))
-        allowed = " or ".join("null" if a is type(None) else _type_name(a) for a in args)
-        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    if origin is tuple or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        if args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
-            return tuple(_check_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-        inner = args[0] if args else Any
-        return tuple(_check_value(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
-    if origin is list or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        inner = args[0] if args else Any
-        return [_check_value(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return build_dataclass(tp, value, key)
-    return value
-
-
-def unknown_key_error(prefix: str, key: str, allowed: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    where = f"{prefix}.{key}" if prefix else key
-    return ConfigError(f"unknown config key {where!r}{hint}; allowed: {', '.join(allowed)}")
-
-
-def build_dataclass(cls: type, values: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking types and ranges."""
-    if values is None:
-        values = {}
-    if dataclasses.is_dataclass(values) and not isinstance(values, type):
-        values = dataclasses.asdict(values)
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping of keys to values, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise unknown_key_error(prefix, str(key), names)
-        kwargs[key] = _check_value(f"{prefix}.{key}" if prefix else key, value, hints[key])
-    try:
-        obj = cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{prefix or cls.__name__}: {err}") from err
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
-    return obj
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=c`` -> (["a", "b"], c) with c parsed as YAML (numbers, true/false, null, lists)."""
     if "=" not in text:
@@ -390,20 +290,10 @@ def config_from_dict(raw: dict) -> Config:
                           f"backbone.bn_splits={cfg.backbone.bn_splits} (SplitBatchNorm); "
                           "set backbone.bn_splits=1 or trainer.sync_batchnorm=false")
     # the method section: checked against the method's own Config dataclass
-    from relssl.methods import method_config  # late import: methods import config helpers
-
     cfg.method = method_config(cfg.method)
-    from relssl.methods.plugins import plugins_config
-
     cfg.plugins = plugins_config(cfg.plugins, cfg.method["name"])
     # constraints across sections (e.g. a bank that must hold the global batch)
-    from relssl.methods import METHODS
-
-    check = getattr(METHODS[cfg.method["name"]], "check_run_config", None)
-    if check is not None:
-        check(cfg)
-    from relssl.augment import recipe as make_recipe
-
+    METHODS[cfg.method["name"]].check_run_config(cfg)
     for name, overrides in cfg.augment.items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"augment.{name} must be a mapping of recipe fields, got {overrides!r}")
@@ -431,3 +321,59 @@ def dump_config(cfg: Config) -> str:
         return x
 
     return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- what a config implies
+# (here, so that the engine, the evaluation and the CLI all reach them without importing each other)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+"""The packaged recipes: ``<dataset>/<method>.yaml``."""
+
+
+def list_recipes() -> list[str]:
+    """The packaged recipe names (``fashion_mnist/mocov2``, ...), sorted."""
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.glob("*/*.yaml"))
+
+
+def resolve_recipe(name: str | Path) -> Path:
+    """A YAML path, or a packaged recipe name such as ``fashion_mnist/mocov2``."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    name = str(name)
+    packaged = CONFIG_DIR / (name if name.endswith(".yaml") else name + ".yaml")
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(f"no config file {name!r}; pass a YAML path or a packaged recipe ({', '.join(list_recipes())})")
+
+
+def load_data(cfg: Config) -> DatasetSplits:
+    """The dataset a config names, with its size, memory limit and loader options."""
+    d = cfg.data
+    return load_dataset(d.dataset, d.root, download=d.download, size=d.image_size,
+                        memory_limit=int(d.memory_limit_gb * 2**30), **d.options)
+
+
+def eval_image_size(cfg: Config, info) -> int:
+    """``data.eval_size``, else the native size if it is at least the crop size, else the crop size
+    (``info``: the dataset's :class:`relssl.data.DatasetInfo`)."""
+    if cfg.data.eval_size:
+        return cfg.data.eval_size
+    crop = cfg.data.crop_size or info.crop_size
+    native = cfg.data.image_size or info.native_size
+    return native if native >= crop else crop
+
+
+def build_backbone_from_config(cfg: Config, channels: int, maxpool_default: bool, pretrained: bool = True):
+    """The backbone of ``cfg.backbone`` for images of ``channels`` channels -> (module, feature dim).
+
+    ``maxpool_default``: the dataset's choice when ``backbone.maxpool`` is unset. ``pretrained``:
+    load ``backbone.pretrained`` if set (evaluation rebuilds without it: its weights come from the
+    checkpoint)."""
+    b = cfg.backbone
+    maxpool = maxpool_default if b.maxpool is None else b.maxpool
+    backbone, feat_dim = build_backbone(b.name, in_channels=channels, cifar_stem=b.cifar_stem,
+                                        maxpool=maxpool, bn_splits=b.bn_splits)
+    if pretrained and b.pretrained:
+        load_torchvision_weights(backbone, b.pretrained)
+    return backbone, feat_dim

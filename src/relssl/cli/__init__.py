@@ -1,46 +1,28 @@
 """The ``relssl`` command line: pretrain | eval | export | embed | report | demo | list.
 
 Every command validates its input before any work and reports bad input as one line
-(``relssl: error: ...``) with exit status 2.
+(``relssl: error: ...``) with exit status 2. ``python -m relssl`` is the same command.
+Every argument parser lives in this package: the training and evaluation commands here and in
+:mod:`relssl.cli.eval_commands`, the demo in :mod:`relssl.cli.demo`; the layers below (``relssl.engine``,
+``relssl.evaluate``) take plain arguments and know nothing of ``argparse``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from relssl.errors import AlreadyFinished, RelsslError, RunInterrupted
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-def resolve_recipe(name: str) -> Path:
-    """A YAML path, or a packaged recipe name such as ``fashion_mnist/mocov2``."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    packaged = CONFIG_DIR / (name if name.endswith(".yaml") else name + ".yaml")
-    if packaged.is_file():
-        return packaged
-    from relssl.errors import ConfigError
-
-    raise ConfigError(f"no config file {name!r}; pass a YAML path or a packaged recipe ({', '.join(list_recipes())})")
-
-
-def list_recipes() -> list[str]:
-    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.glob("*/*.yaml"))
-
+from relssl.errors import AlreadyFinished, ConfigError, RelsslError, RunInterrupted
 
 def _epilog() -> str:
     from relssl.augment import RECIPES
+    from relssl.config import list_recipes
     from relssl.data import DATASETS
     from relssl.methods import METHODS
+    from relssl.methods.plugins import PLUGINS, hosts_of
     from relssl.nn import BACKBONES
 
-    from relssl.methods.plugins import PLUGINS
-
-    plugins = ", ".join(f"{name} (on {'/'.join(cls.hosts)})" for name, cls in PLUGINS.items())
+    plugins = ", ".join(f"{name} (on {'/'.join(hosts_of(cls))})" for name, cls in PLUGINS.items())
     return (f"methods:   {', '.join(METHODS)}\n"
             f"plugins:   {plugins}\n"
             f"datasets:  {', '.join(DATASETS)}\n"
@@ -71,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 method.queue_size=8192")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 
-    from relssl.evaluate.commands import add_embed_parser, add_eval_parsers
+    from relssl.cli.eval_commands import add_embed_parser, add_eval_parsers
 
     add_eval_parsers(sub)  # eval knn|linear|semisup|tsne, export, report
     add_embed_parser(sub)
@@ -87,19 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(args) -> int:
-    from relssl.config import load_config
+    from relssl.config import load_config, resolve_recipe
     from relssl.engine import pretrain
 
     if args.resume:
         if args.overrides or (args.config and "=" in args.config):
-            from relssl.errors import ConfigError
-
             raise ConfigError("--resume continues a run with its saved config; do not pass overrides with it")
         res = pretrain(None, resume=args.resume)
     else:
         if not args.config:
-            from relssl.errors import ConfigError
-
             raise ConfigError("pretrain needs a config: relssl pretrain fashion_mnist/mocov2 [key=value ...]")
         cfg = load_config(resolve_recipe(args.config), args.overrides)
         res = pretrain(cfg)
@@ -124,31 +102,31 @@ def print_summary(res: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from relssl.evaluate.commands import run_eval
+    from relssl.cli.eval_commands import run_eval
 
     return run_eval(args)
 
 
 def cmd_export(args) -> int:
-    from relssl.evaluate.commands import run_export
+    from relssl.cli.eval_commands import run_export
 
     return run_export(args)
 
 
 def cmd_embed(args) -> int:
-    from relssl.evaluate.commands import run_embed
+    from relssl.cli.eval_commands import run_embed
 
     return run_embed(args)
 
 
 def cmd_report(args) -> int:
-    from relssl.evaluate.commands import run_report
+    from relssl.cli.eval_commands import run_report
 
     return run_report(args)
 
 
 def cmd_demo(args) -> int:
-    from relssl.demo import run_demo
+    from relssl.cli.demo import run_demo
 
     return run_demo(args.method, args.device, args.overrides)
 

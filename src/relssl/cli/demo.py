@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from relssl.cli import resolve_recipe
-from relssl.config import load_config
+from relssl.config import load_config, load_data, resolve_recipe
 from relssl.engine import pretrain
-from relssl.engine.run import load_data
-from relssl.evaluate.knn import knn_accuracy, pixel_features_pair
+from relssl.metrics.knn import knn_accuracy, pixel_features_pair
 
 # CPU budget, from the measurements of benchmarks/cpu_budget.py (docs/comparison.md): the 4-layer
 # conv net with a 2x2 feature grid (convnet_grid) at the native 28 px, all 60,000 images for 3

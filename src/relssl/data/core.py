@@ -9,16 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Union
+from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from relssl.errors import DataError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from relssl.data.filebacked import FileImageDataset
 
 DEFAULT_MEMORY_LIMIT = 8 * 2**30
 """A split whose decoded images (N*C*S*S bytes) exceed this stays on disk (``FileImageDataset``)."""
@@ -130,7 +127,26 @@ class ImageDataset:
         return self.take(subset_indices(len(self), self.labels, n, seed))
 
 
-AnyImageDataset = Union[ImageDataset, "FileImageDataset"]
+class AnyImageDataset(Protocol):
+    """What a split holds: an in-memory :class:`ImageDataset` or a file-backed
+    ``relssl.data.FileImageDataset`` (``is_file_backed`` tells them apart)."""
+
+    labels: torch.Tensor | None
+    is_file_backed: ClassVar[bool]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    def read(self, indices) -> torch.Tensor: ...
+
+    def materialize(self, workers: int | None = None) -> ImageDataset: ...
+
+    def subset(self, n: int | None, seed: int = 0) -> AnyImageDataset: ...
 
 
 @dataclass

@@ -10,11 +10,11 @@ baseline a trained model must beat.
   ``knn_top5``; ``knn_init_top1`` for the random-init backbone.
 * :class:`LabelFreeProbe` (no labels): a fixed, seeded, class-blind subset of the pretraining
   images; RankMe and uniformity of their features, alignment between two augmented views drawn
-  with a fixed seed from the run's own first two view recipes (``relssl.evaluate.labelfree``),
+  with a fixed seed from the run's own first two view recipes (``relssl.metrics.labelfree``),
   logged as ``rankme`` / ``uniformity`` / ``alignment``; ``rankme_init`` ... for the random-init
   backbone. It runs whenever the monitor runs, beside kNN when there are labels.
 
-The best checkpoint is chosen by ``knn_top1`` or ``rankme`` (``engine/run.py``). Every probe's
+The best checkpoint is chosen by ``knn_top1`` or ``rankme`` (``engine/setup.py``, ``engine/trainer.py``). Every probe's
 history is saved in checkpoints (``state_dict``), so a resumed run reports all of it.
 
 Under DDP the evaluation runs on rank 0 only and its result is broadcast to the other ranks, which
@@ -29,8 +29,8 @@ import time
 import lightning as L
 import torch
 
-from relssl.evaluate.knn import extract_features, knn_accuracy
-from relssl.evaluate.labelfree import labelfree_metrics
+from relssl.metrics.knn import extract_features, knn_accuracy
+from relssl.metrics.labelfree import labelfree_metrics
 
 
 def _feature_options(pl_module) -> dict:

@@ -14,27 +14,30 @@ Python API (every protocol takes an :class:`EvalSetup` from :func:`prepare`)::
     write_embeddings("embeddings.npz", emb)                   # .npz / .safetensors / .csv, atomically
     write_report("runs/...")                                 # RUN_DIR/report.md
     diagnose(s)                                              # false-negative diagnostics (evaluate.diagnostics)
-    rankme(features); uniformity(z); alignment(z1, z2)       # label-free quality (evaluate.labelfree)
+    rankme(features); uniformity(z); alignment(z1, z2)       # label-free quality (relssl.metrics.labelfree)
 
 Protocols, defaults and their sources: ``docs/evaluation.md``.
 """
 
 import importlib
 
-# name -> module; imported on first use, so ``import relssl.evaluate.knn`` (the training engine's
-# kNN monitor) or the CLI's parser does not pull in every protocol and its dependencies
+# name -> module (of relssl.evaluate unless dotted); imported on first use, so the CLI's parser
+# does not pull in every protocol and its dependencies
 _EXPORTS = {
     "EvalSetup": "checkpoint", "prepare": "checkpoint", "load_method": "checkpoint",
-    "evaluate_knn": "knn", "extract_features": "knn", "knn_accuracy": "knn", "knn_protocols": "knn",
-    "knn_scores": "knn", "pixel_features": "knn", "topk_accuracy": "knn",
+    "evaluate_knn": "knn", "extract_features": "relssl.metrics.knn", "knn_accuracy": "relssl.metrics.knn",
+    "knn_protocols": "relssl.metrics.knn", "knn_scores": "relssl.metrics.knn", "pixel_features": "relssl.metrics.knn",
+    "topk_accuracy": "relssl.metrics.knn",
     "LinearProbeConfig": "linear", "linear_probe": "linear", "linear_probe_features": "linear",
     "SemiSupConfig": "semisup", "fine_tune": "semisup", "label_subset_indices": "semisup",
     "embedding_plot": "plots", "plot_confusion": "plots", "plot_curves": "plots",
     "export_backbone": "export", "load_backbone": "export", "read_metadata": "export",
     "write_report": "report",
     "Embeddings": "embed", "embed_split": "embed", "embed_checkpoint": "embed", "write_embeddings": "embed",
-    "rankme": "labelfree", "uniformity": "labelfree", "alignment": "labelfree", "labelfree_metrics": "labelfree",
-    "diagnose": "diagnostics", "false_negative_stats": "diagnostics", "queue_stats": "diagnostics",
+    "rankme": "relssl.metrics.labelfree", "uniformity": "relssl.metrics.labelfree",
+    "alignment": "relssl.metrics.labelfree", "labelfree_metrics": "relssl.metrics.labelfree",
+    "diagnose": "diagnostics", "false_negative_stats": "relssl.metrics.falseneg",
+    "queue_stats": "relssl.metrics.falseneg",
 }
 
 __all__ = list(_EXPORTS)
@@ -42,7 +45,7 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"relssl.evaluate.{_EXPORTS[name]}"), name)
+        value = getattr(importlib.import_module(_EXPORTS[name] if "." in _EXPORTS[name] else f"relssl.evaluate.{_EXPORTS[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'relssl.evaluate' has no attribute {name!r}")

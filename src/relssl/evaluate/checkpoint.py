@@ -20,12 +20,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from relssl.config import Config, apply_overrides, config_from_dict
+from relssl.config import (
+    Config,
+    apply_overrides,
+    build_backbone_from_config,
+    config_from_dict,
+    eval_image_size,
+    load_data,
+)
 from relssl.data import DatasetSplits, ImageDataset
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.errors import CheckpointError, ConfigError, DataError
 from relssl.fileio import atomic_write_text
-from relssl.evaluate.knn import extract_features, knn_accuracy
+from relssl.methods import build_method as build_method_of
+from relssl.metrics.knn import extract_features, knn_accuracy
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -86,15 +94,10 @@ def build_method(cfg: Config, in_channels: int, maxpool: bool) -> tuple[nn.Modul
     """A freshly initialised method of ``cfg`` (backbone built without any ``backbone.pretrained``
     file: the weights come from the checkpoint). Seeded by ``cfg.seed`` without touching the
     global random state, so a random-init baseline is reproducible."""
-    from relssl.methods import build_method as _build
-    from relssl.nn import build_backbone
-
-    b = cfg.backbone
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        backbone, feat_dim = build_backbone(b.name, in_channels=in_channels, cifar_stem=b.cifar_stem,
-                                            maxpool=maxpool, bn_splits=b.bn_splits)
-        method = _build(cfg.method, backbone, feat_dim)
+        backbone, feat_dim = build_backbone_from_config(cfg, in_channels, maxpool, pretrained=False)
+        method = build_method_of(cfg.method, backbone, feat_dim)
     return method, feat_dim
 
 
@@ -134,8 +137,6 @@ def load_method(path: str | Path, overrides: list[str] | None = None, splits: Da
     """
     ckpt_path, ckpt, cfg = read_checkpoint(path, overrides)
     if splits is None:
-        from relssl.engine.run import load_data
-
         splits = load_data(cfg)
     maxpool = splits.info.maxpool if cfg.backbone.maxpool is None else cfg.backbone.maxpool
     method, _ = build_method(cfg, splits.info.channels, maxpool)
@@ -171,8 +172,6 @@ class EvalSetup:
 
     @property
     def eval_size(self) -> int:
-        from relssl.engine.run import eval_image_size
-
         return eval_image_size(self.cfg, self.splits.info)
 
     @property

@@ -152,7 +152,7 @@ def _split_paths(setup, role: str, reopened: dict) -> list[str] | None:
 def _features(setup, net: nn.Module, ds, normalize: bool, batch_size: int,
               log: Callable[[str], None] | None = None, what: str = "") -> torch.Tensor:
     """Features (N, D) float32 on the CPU of every image of ``ds``, read a chunk at a time."""
-    from relssl.evaluate.knn import extract_features
+    from relssl.metrics.knn import extract_features
 
     n = len(ds)
     chunk = max(batch_size, 4096)
@@ -337,7 +337,7 @@ def embed_checkpoint(path: str | Path, overrides: list[str] | None = None, *, sp
         if takes_channels and cfg.data.options.get("channels") is None:  # decode to the backbone's channels
             overrides.append(f"data.options.channels={in_channels}")
             cfg.data.options = {**cfg.data.options, "channels": in_channels}
-        from relssl.engine.run import load_data
+        from relssl.config import load_data
 
         splits = load_data(cfg)
     if splits.info.channels != in_channels:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from relssl.errors import ConfigError
-from relssl.evaluate.knn import topk_accuracy
+from relssl.schema import build_dataclass
+from relssl.metrics.knn import topk_accuracy
 from relssl.evaluate.plots import confusion_matrix, per_class_accuracy
 
 SCHEDULES = ("cosine", "step")
@@ -103,7 +104,6 @@ class LinearProbeConfig:
 
 def make_probe_config(**kwargs) -> LinearProbeConfig:
     """A validated :class:`LinearProbeConfig` (unknown keys raise ``ConfigError``)."""
-    from relssl.config import build_dataclass
 
     return build_dataclass(LinearProbeConfig, {k: v for k, v in kwargs.items() if v is not None}, prefix="linear")
 

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from relssl.errors import ConfigError, DataError
-from relssl.evaluate.knn import extract_features, topk_accuracy
+from relssl.schema import build_dataclass
+from relssl.metrics.knn import extract_features, topk_accuracy
 from relssl.evaluate.linear import linear_head
 from relssl.evaluate.plots import confusion_matrix, per_class_accuracy
 
@@ -97,7 +98,6 @@ class SemiSupConfig:
 
 def make_semisup_config(**kwargs) -> SemiSupConfig:
     """A validated :class:`SemiSupConfig` (unknown keys raise ``ConfigError``)."""
-    from relssl.config import build_dataclass
 
     return build_dataclass(SemiSupConfig, {k: v for k, v in kwargs.items() if v is not None}, prefix="semisup")
 

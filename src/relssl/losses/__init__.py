@@ -13,7 +13,8 @@ module                 functions
 =====================  ================================================================
 ``contrastive``        ntxent_loss, moco_loss, supcon_loss, nnclr_loss
 ``regression``         byol_regression, byol_loss, msf_loss
-``relational``         msvq_loss, ascl_targets, ascl_loss, ascl_byol_loss
+``relational``         msvq_loss, relation_ce, relation_targets (ReSSL), ascl_targets,
+                       ascl_loss, ascl_byol_loss
 ``graph``              connected_components, wcl_loss
 ``neighbours``         pseudo_nn, pnnclr_loss
 ``mixture``            bsim_infonce_loss, bsim_byol_loss
@@ -36,7 +37,7 @@ from relssl.losses.oracle import (
     oracle_pnnclr_loss,
 )
 from relssl.losses.regression import byol_loss, byol_regression, msf_loss
-from relssl.losses.relational import ascl_byol_loss, ascl_loss, ascl_targets, msvq_loss
+from relssl.losses.relational import ascl_byol_loss, ascl_loss, ascl_targets, msvq_loss, relation_ce, relation_targets
 
 __all__ = [
     "LossArgumentError",
@@ -48,6 +49,8 @@ __all__ = [
     "nnclr_loss",
     "msf_loss",
     "msvq_loss",
+    "relation_ce",
+    "relation_targets",
     "ascl_targets",
     "ascl_loss",
     "ascl_byol_loss",

@@ -205,3 +205,59 @@ def wcl_loss(a1: Tensor, a2: Tensor, g1: Tensor, g2: Tensor, temperature: float 
     graph = 0.5 * (_supcon_within(b1, y2, tau, detach_candidates)
                    + _supcon_within(b2, y1, tau, detach_candidates))
     return instance + weight * graph
+
+
+MULTICROP_RULES = ("self", "component")
+
+
+@full_precision
+def multicrop_term(small: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, temperature: float = 0.1,
+                   rule: str = "self", detach_candidates: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """WCL's KNN-selected multi-crop term (an UNVERIFIED reading of the paper: docs/methods/wcl.md, "Multi-crop").
+
+    Args:
+        small: ``(N, K, D)`` graph-head outputs of the K small crops of each of the N samples.
+        g1, g2: ``(N, D)`` graph-head outputs of the two main views (the batch ``wcl_loss`` sees).
+        temperature: ``tau`` of the SupCon term.
+        rule: ``"self"`` accepts a small crop of sample i when its most cosine-similar main-view
+            embedding (among the 2N rows of ``g1`` and ``g2``) is one of i's own two main views;
+            ``"component"`` when that embedding is in i's weak-label component (for a view-v column
+            ``j``: ``y^v_j == y^v_i``, ``y^v`` the components of view v's 1-NN graph, as in
+            ``wcl_loss``). "component" accepts every crop "self" accepts.
+        detach_candidates: detach the main-view columns (as ``wcl_loss`` does by default).
+
+    Every small crop ``c`` of sample i is an anchor of a SupCon L_out over the 2N main-view
+    embeddings, positives ``P = {(v, j): y^v_j == y^v_i}`` (i's component in each view, i's own
+    two views included)::
+
+        l(c) = -(1 / |P|) sum_{p in P} log( exp(c . m_p / tau) / sum_{q in 1..2N} exp(c . m_q / tau) )
+
+    The term is the mean of ``l`` over the accepted crops (0, still connected to the graph, when
+    none is accepted). Returns ``(term, accepted)``, ``accepted`` a ``(N, K)`` bool tensor.
+    """
+    if small.dim() != 3 or small.shape[0] != g1.shape[0] or g1.shape != g2.shape \
+            or small.shape[2] != g1.shape[1]:
+        raise ValueError(f"multicrop_term: small must be (N, K, D) and g1, g2 (N, D), got "
+                         f"{tuple(small.shape)}, {tuple(g1.shape)}, {tuple(g2.shape)}")
+    if rule not in MULTICROP_RULES:
+        raise ValueError(f"multicrop_term: rule must be one of {MULTICROP_RULES}, got {rule!r}")
+    n, k, _ = small.shape
+    dtype = compute_dtype(small, g1, g2)
+    c = l2n(small.reshape(n * k, -1), dtype)  # row i * K + s: crop s of sample i
+    m = torch.cat([l2n(g1, dtype), l2n(g2, dtype)])  # row v * N + j: view v of sample j
+    owner = torch.arange(n, device=c.device).repeat_interleave(k)
+    with torch.no_grad():
+        y1, y2 = (nn_graph_labels(one_nn_index(b)) for b in m.detach().chunk(2))
+        # column v * N + j is a positive of the crops of sample i iff y^v_j == y^v_i
+        pos = torch.cat([y1[None, :] == y1[owner, None], y2[None, :] == y2[owner, None]], dim=1)
+        nearest = (c.detach() @ m.detach().T).argmax(dim=1)
+        if rule == "self":
+            accepted = nearest % n == owner
+        else:
+            accepted = pos.gather(1, nearest[:, None]).squeeze(1)
+    cand = m.detach() if detach_candidates else m
+    logits = (c @ cand.T) / temperature
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    per_crop = -log_prob.masked_fill(~pos, 0.0).sum(dim=1) / pos.sum(dim=1).to(dtype)  # |P| >= 2
+    term = (per_crop * accepted.to(dtype)).sum() / accepted.sum().clamp(min=1).to(dtype)
+    return term, accepted.view(n, k)

@@ -28,7 +28,7 @@ from relssl.losses._common import (
 )
 from relssl.losses.contrastive import _moco, _moco_logits, check_query_key_queue
 
-__all__ = ["msvq_loss", "ascl_targets", "ascl_loss", "ascl_byol_loss"]
+__all__ = ["msvq_loss", "relation_ce", "relation_targets", "ascl_targets", "ascl_loss", "ascl_byol_loss"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,14 +79,35 @@ def msvq_loss(z1: Tensor, z2: Tensor, z3: Tensor, z4: Tensor, queue1: Tensor, qu
     s = l2n(z1, dtype)
     log_s1 = F.log_softmax((s @ q1.T) / t_s, dim=1)
     log_s2 = F.log_softmax((s @ q2.T) / t_s, dim=1)
-    with torch.no_grad():
-        p_a = F.softmax((l2n(z2.detach(), dtype) @ q1.T) / t_t, dim=1)
-        p_b = F.softmax((l2n(z3.detach(), dtype) @ q1.T) / t_t, dim=1)
-        p_c = F.softmax((l2n(z4.detach(), dtype) @ q2.T) / t_t, dim=1)
+    p_a, p_b = relation_targets(z2.detach(), q1, t_t), relation_targets(z3.detach(), q1, t_t)
+    p_c = relation_targets(z4.detach(), q2, t_t)
     ce_a = -(p_a * log_s1).sum(dim=1).mean()
     ce_b = -(p_b * log_s1).sum(dim=1).mean()
     ce_c = -(p_c * log_s2).sum(dim=1).mean()
     return (ce_a + ce_b + ce_c) / 3.0
+
+
+@full_precision
+@torch.no_grad()
+def relation_targets(z_teacher: torch.Tensor, queue: torch.Tensor, tau_t: float) -> torch.Tensor:
+    """Soft label ``softmax(n(z_t) n(Q)^T / tau_t)`` over the K queue rows, (N, K), no gradient."""
+    dtype = compute_dtype(z_teacher, queue)
+    return F.softmax(l2n(z_teacher, dtype) @ l2n(queue, dtype).T / tau_t, dim=1)
+
+
+@full_precision
+def relation_ce(z_student: torch.Tensor, z_teacher: torch.Tensor, queue: torch.Tensor,
+                tau_t: float = 0.04, tau_s: float = 0.1) -> torch.Tensor:
+    """One relation term: ``CE(softmax(n(z_t) Q^T / tau_t), softmax(n(z_s) Q^T / tau_s))``, mean over rows.
+
+    ``Q = n(queue)`` is a constant; gradient flows into ``z_student`` only. This is ReSSL's loss
+    and each of the three terms of :func:`msvq_loss` (which is the mean of three such terms).
+    """
+    dtype = compute_dtype(z_student, z_teacher, queue)
+    q = l2n(queue.detach(), dtype)
+    log_s = F.log_softmax(l2n(z_student, dtype) @ q.T / tau_s, dim=1)
+    p = relation_targets(z_teacher.detach(), q, tau_t)
+    return -(p * log_s).sum(dim=1).mean()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,40 +1,42 @@
-"""Methods: plain ``nn.Module``s composed from ``relssl.nn`` parts and a ``relssl.losses`` loss.
+"""Methods: ``nn.Module``s composed from ``relssl.nn`` parts and a ``relssl.losses`` loss.
 
-A method declares ``name``, ``default_views`` (one augmentation recipe per main view it takes), a
-``Config`` dataclass of its options, ``backbone`` (the network evaluated downstream),
-``training_step(views, info) -> {"loss": ..., other metrics}`` and
-``after_optimizer_step(info)`` (EMA teachers). Entries of the returned dict whose key starts with
-``_`` (``_keys``, ``_diag``, ...) go to plug-ins and the engine and are not logged. Optional hooks:
-``default_augment`` (per-preset recipe defaults, under the user's ``augment:``) and the classmethod
-``extra_views`` (config-dependent views after the main ones), both read by the engine's
-``view_recipes``; ``views_for_epoch(epoch)``, asked by the engine at each epoch start unless the
-config sets ``views``; the classmethod ``check_run_config(cfg)``, called by ``config_from_dict``
-for checks across config sections; ``encode_query(x)``, the query / online branch for plug-ins.
-It knows nothing of Lightning, files or logging.
+Every method subclasses :class:`relssl.methods.base.Method`, which declares everything the engine,
+the config and the plug-ins may call (``name``, ``default_views``, ``Config``, ``backbone``,
+``training_step(views, info) -> StepOutput``, ``after_optimizer_step``, the optional hooks with
+their defaults, and the ``capabilities`` plug-ins read); plug-ins subclass
+:class:`relssl.methods.base.Plugin` (``relssl.methods.plugins``). ``METHODS`` is the registry by
+name; adding a method means its own module (registered with ``@register_method``), its recipes and its
+tests, and nothing else (docs/adding-a-method.md). Methods know nothing of Lightning, files or logging.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 
 from relssl.errors import ConfigError
-from relssl.methods.byol import BYOL
-from relssl.methods.common import StepInfo
-from relssl.methods.mocov2 import MoCoV2
-from relssl.methods.msf import MSF
-from relssl.methods.msvq import MSVQ
-from relssl.methods.nnclr import NNCLR
-from relssl.methods.pnnclr import PNNCLR
-from relssl.methods.ressl import ReSSL
-from relssl.methods.simclr import SimCLR
-from relssl.methods.wcl import WCL
-
-METHODS: dict[str, type] = {cls.name: cls for cls in (SimCLR, MoCoV2, BYOL, WCL, MSVQ, ReSSL, MSF, NNCLR, PNNCLR)}
+from relssl.methods.base import (
+    METHODS,
+    PLUGINS,
+    Method,
+    Plugin,
+    StepInfo,
+    StepOutput,
+    register_method,
+    register_plugin,
+)
+from relssl.schema import build_dataclass
+# every module of this package but the contract's own helpers holds one method or plug-in, which
+# registers itself (@register_method / @register_plugin): importing them fills METHODS and PLUGINS
+_HELPERS = {"base", "common", "diagnose", "plugins"}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _HELPERS:
+        importlib.import_module(f"{__name__}.{_module}")
 
 
 def method_config(section: dict) -> dict:
     """Validate a ``method:`` config section; returns it with every default filled in."""
-    from relssl.config import build_dataclass
 
     section = dict(section or {})
     name = section.pop("name", None)
@@ -48,11 +50,11 @@ def method_config(section: dict) -> dict:
 
 def build_method(section: dict, backbone, feat_dim: int):
     """Instantiate the method named in a validated ``method:`` section around ``backbone``."""
-    from relssl.config import build_dataclass
 
     section = dict(section)
     cls = METHODS[section.pop("name")]
     return cls(backbone, feat_dim, build_dataclass(cls.Config, section, prefix="method"))
 
 
-__all__ = ["METHODS", "StepInfo", "SimCLR", "MoCoV2", "BYOL", "WCL", "MSVQ", "ReSSL", "MSF", "NNCLR", "PNNCLR", "method_config", "build_method"]
+__all__ = ["METHODS", "PLUGINS", "Method", "Plugin", "StepInfo", "StepOutput", "register_method", "register_plugin",
+           "method_config", "build_method"]

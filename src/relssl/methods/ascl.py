@@ -19,8 +19,8 @@ entry points pass ``--K`` as the queue size in one and the neighbour count in th
 read it as queue 4096 and ``nn_num`` = the neighbour multiplier (default 1; the README's
 CIFAR-100 example uses 5).
 
-Other hosts: none. ``attach`` replaces MoCo v2's ``contrast(q, k, queue)`` or BYOL's
-``regress(p, zt)``, chosen by the host's name, and the config refuses any host outside ``hosts``;
+Other hosts: none. ``attach`` replaces the host's ``contrast(q, k, queue)`` (MoCo v2) or
+``regress(p, zt)`` (BYOL), chosen by the host's capabilities, and the config refuses a host with neither;
 MSF and NNCLR do not have a one-hot InfoNCE-with-queue target to soften.
 """
 
@@ -28,19 +28,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
 
 from relssl.losses import ascl_byol_loss, ascl_loss
+from relssl.methods.base import CONTRAST, QUEUE_NEGATIVES, REGRESS, Plugin, register_plugin
 from relssl.methods.common import check_choice, check_positive
 from relssl.nn import gather_no_grad, gather_with_grad
 
 RELATIONS = ("ascl", "ahcl", "hard", "moco")
 
 
-class ASCL(nn.Module):
+@register_plugin
+class ASCL(Plugin):
     name = "ascl"
-    hosts = ("mocov2", "byol")
+    # an InfoNCE-with-queue term to soften (MoCo v2), or a regression term to replace (BYOL)
+    requires = (frozenset({CONTRAST}), frozenset({REGRESS}))
 
     @dataclass
     class Config:
@@ -58,18 +59,14 @@ class ASCL(nn.Module):
                 raise ConfigError(f"plugins.ascl.nn_num must be >= 1, got {self.nn_num}")
             check_choice("relation", self.relation, RELATIONS, prefix="plugins.ascl")
 
-    def __init__(self, cfg: "ASCL.Config") -> None:
-        super().__init__()
-        self.cfg = cfg
-
-    def attach(self, host: nn.Module) -> None:
+    def attach(self, host) -> None:
         c = self.cfg
-        if host.name == "mocov2":
+        if CONTRAST in host.capabilities:
             def contrast(q, k, queue):
                 return ascl_loss(q, k, queue, t1=c.t1, t2=c.t2, nn_num=c.nn_num, relation=c.relation)
 
             host.contrast = contrast
-        elif host.name == "byol":
+        else:  # REGRESS
             def regress(p, zt):
                 # batch-internal targets over the global batch (identity with one process)
                 return ascl_byol_loss(gather_with_grad(p), gather_no_grad(zt), t2=c.t2, nn_num=c.nn_num)
@@ -77,9 +74,9 @@ class ASCL(nn.Module):
             host.regress = regress
 
     def after_host_step(self, host, views, info, out: dict) -> dict:
-        if info.diagnose and host.name == "mocov2" and "_negative_labels" in out:
+        if info.diagnose and {CONTRAST, QUEUE_NEGATIVES} <= host.capabilities and "_negative_labels" in out:
             # ASCL's soft targets over [positive key, queue] (rows sum to 1)
-            from relssl.evaluate.diagnostics import ascl_candidate_labels
+            from relssl.metrics.falseneg import ascl_candidate_labels
             from relssl.losses import ascl_targets
             from relssl.methods.diagnose import target_diagnostics
 

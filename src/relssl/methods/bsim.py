@@ -24,19 +24,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
-from torch import nn
 
 from relssl.augment.mix import MIX_MODES, mix_batch, partner_permutation, sample_lambda
 from relssl.losses import bsim_byol_loss, bsim_infonce_loss
+from relssl.methods.base import ENCODE_QUERY, KEYS, QUEUE_NEGATIVES, REGRESS, TEMPERATURE, Plugin, register_plugin
 from relssl.methods.common import check_choice, check_positive
 from relssl.nn import gather_no_grad, gather_with_grad, rank, world_size
 
 
-class BSIM(nn.Module):
+@register_plugin
+class BSIM(Plugin):
     name = "bsim"
-    hosts = ("simclr", "mocov2", "byol")
+    # mixtures through the host's query branch against its keys: a contrastive host (its temperature)
+    # or a regression host
+    requires = (frozenset({ENCODE_QUERY, KEYS, TEMPERATURE}), frozenset({ENCODE_QUERY, KEYS, REGRESS}))
 
     @dataclass
     class Config:
@@ -64,13 +66,6 @@ class BSIM(nn.Module):
 
                 raise ConfigError(f"plugins.bsim.source_view must be 0 or 1, got {self.source_view}")
 
-    def __init__(self, cfg: "BSIM.Config") -> None:
-        super().__init__()
-        self.cfg = cfg
-
-    def attach(self, host: nn.Module) -> None:
-        pass
-
     def after_host_step(self, host, views, info, out: dict) -> dict:
         c = self.cfg
         # Mixtures are built over the global batch (partners may sit on another process), drawn on
@@ -90,11 +85,11 @@ class BSIM(nn.Module):
         q_mix = gather_with_grad(host.encode_query(x_mix[r * b : (r + 1) * b].contiguous()))
         keys = out["_keys"]
         keys = gather_with_grad(keys) if keys.requires_grad else gather_no_grad(keys)
-        if host.name == "byol":
+        if REGRESS in host.capabilities:
             term = bsim_byol_loss(q_mix, keys, perm, lam)
         else:
             tau = c.temperature if c.temperature is not None else host.cfg.temperature
-            negatives = out.get("_negatives") if c.use_queue else None
+            negatives = out.get("_negatives") if c.use_queue and QUEUE_NEGATIVES in host.capabilities else None
             term = bsim_infonce_loss(q_mix, keys, perm, lam, tau, negatives, detach_keys=c.detach_keys)
         out["loss"] = out["loss"] + c.weight * term
         out["bsim"] = term.detach()

@@ -19,12 +19,15 @@ import torch
 from torch import nn
 
 from relssl.losses import byol_regression
-from relssl.methods.common import StepInfo, check_choice, check_momentum, check_positive
+from relssl.methods.base import ENCODE_QUERY, KEYS, REGRESS, Method, StepInfo, register_method
+from relssl.methods.common import check_choice, check_momentum, check_positive
 from relssl.nn import byol_head, ema_update, make_teacher, moco_head, momentum_at
 
 
-class BYOL(nn.Module):
+@register_method
+class BYOL(Method):
     name = "byol"
+    capabilities = frozenset({KEYS, ENCODE_QUERY, REGRESS})
     default_views = ("byol_a", "byol_b")
 
     @dataclass

@@ -4,7 +4,7 @@
 
 Each helper turns tensors the step already computed into a flat dict of 0-d tensors (no host
 sync here; the engine converts and logs them as ``diag/<key>``), using the pure functions of
-:mod:`relssl.evaluate.diagnostics`. Labels are read for monitoring only. The statistics are
+:mod:`relssl.metrics.falseneg`. Labels are read for monitoring only. The statistics are
 per process (each rank's own batch against the shared queue), except WCL's graph statistics and
 BSIM's mixture profile, which use the gathered global batch. To keep the cost small, the
 anchor-wise rates use the first :data:`MAX_ANCHORS` anchors of the batch (the batch is a
@@ -16,13 +16,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from relssl.evaluate.diagnostics import (
+from relssl.metrics.falseneg import (
     SIZE_BINS,
     component_stats,
     false_negative_stats,
     mixture_similarity_profile,
+    queue_stats,
     soft_target_stats,
 )
+from relssl.nn import FeatureQueue
 
 
 MAX_ANCHORS = 128
@@ -116,8 +118,6 @@ def queue_health(name: str, queue, info) -> dict[str, Tensor]:
     ``age_max`` of the written rows in steps, ``duplicate_rate``, and ``stale_self`` = the share
     of this batch's images with an older copy of themselves in the queue (a negative that is
     the anchor itself, or a neighbour that is its own past)."""
-    from relssl.evaluate.diagnostics import queue_stats
-
     s = queue_stats(queue, current_step=info.step, num_classes=1)
     out = {f"{name}_fill": s["fill"], f"{name}_age_mean": s["age_mean"], f"{name}_age_max": s["age_max"],
            f"{name}_duplicate_rate": s["duplicate_rate"]}
@@ -127,3 +127,15 @@ def queue_health(name: str, queue, info) -> dict[str, Tensor]:
         stale = ((queue.index.view(1, -1) == idx) & older.view(1, -1)).any(dim=1)
         out[f"{name}_stale_self"] = stale.float().mean()
     return out
+
+
+@torch.no_grad()
+def step_diagnostics(method, out: dict, info) -> dict[str, Tensor]:
+    """Everything a diagnostic step reports: the method's own (``out["_diag"]``, plug-ins' included)
+    and :func:`queue_health` of every :class:`relssl.nn.FeatureQueue` in it (named by its attribute
+    path, dots as underscores). The engine logs them as ``diag/<key>``."""
+    values = dict(out.get("_diag") or {})
+    for name, module in method.named_modules():
+        if isinstance(module, FeatureQueue):
+            values.update(queue_health(name.replace(".", "_"), module, info))
+    return values

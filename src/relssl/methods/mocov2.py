@@ -17,14 +17,27 @@ import torch
 from torch import nn
 
 from relssl.losses import moco_loss, oracle_moco_loss
-from relssl.methods.common import StepInfo, check_momentum, check_positive
+from relssl.methods.base import (
+    CONTRAST,
+    ENCODE_QUERY,
+    FN_ORACLE,
+    KEYS,
+    QUEUE_NEGATIVES,
+    TEMPERATURE,
+    Method,
+    StepInfo,
+    oracle_labels,
+    register_method,
+)
+from relssl.methods.common import check_momentum, check_positive
 from relssl.methods.diagnose import queue_diagnostics
-from relssl.methods.oracle import oracle_labels
 from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head, shuffle_forward
 
 
-class MoCoV2(nn.Module):
+@register_method
+class MoCoV2(Method):
     name = "mocov2"
+    capabilities = frozenset({KEYS, QUEUE_NEGATIVES, ENCODE_QUERY, TEMPERATURE, CONTRAST, FN_ORACLE})
     default_views = ("strong", "strong")
 
     @dataclass

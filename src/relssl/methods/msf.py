@@ -44,25 +44,14 @@ from torch import nn
 
 from relssl.errors import ConfigError
 from relssl.losses import msf_loss
-from relssl.methods.common import StepInfo, check_momentum, check_positive
-from relssl.methods.msvq import teacher_embed
-from relssl.nn import FeatureQueue, byol_head, ema_update, make_teacher
+from relssl.methods.base import Method, StepInfo, register_method
+from relssl.methods.common import check_momentum, check_positive
+from relssl.metrics.falseneg import topk_neighbour_purity
+from relssl.nn import FeatureQueue, byol_head, ema_update, make_teacher, teacher_forward
 
 
-@torch.no_grad()
-def neighbour_purity(bank: FeatureQueue, targets: torch.Tensor, labels: torch.Tensor, topk: int) -> torch.Tensor:
-    """Fraction of the ``topk`` bank neighbours of each target whose stored label equals ``labels``.
-
-    Pooled over all (row, neighbour) pairs whose stored label is known (>= 0); 0 when none is.
-    """
-    _, idx = bank.topk(targets, topk)
-    stored = bank.labels[idx]  # (N, topk)
-    known = stored >= 0
-    hits = (stored == labels.view(-1, 1).to(stored.device)) & known
-    return hits.sum() / known.sum().clamp_min(1)
-
-
-class MSF(nn.Module):
+@register_method
+class MSF(Method):
     name = "msf"
     default_views = ("strong", "weak")  # view 0: query (online), view 1: target
 
@@ -115,13 +104,13 @@ class MSF(nn.Module):
     def training_step(self, views: list[torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         xq, xt = views
         p = self.predictor(self.online(xq))
-        t = teacher_embed(self.target, xt, info, self.cfg.shuffle_bn)
+        t = teacher_forward(self.target, xt, info.generator, self.cfg.shuffle_bn)
         # official order: write this step's targets first, then search the bank
         self.bank.enqueue(t, index=info.index, labels=info.labels, step=info.step)
         loss = msf_loss(p, t, self.bank.features, topk=self.cfg.topk)
         out = {"loss": loss}
         if info.labels is not None:
-            out["purity"] = neighbour_purity(self.bank, t, info.labels, self.cfg.topk)
+            out["purity"] = topk_neighbour_purity(self.bank, t, info.labels, self.cfg.topk)
         return out
 
     @torch.no_grad()

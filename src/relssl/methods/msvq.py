@@ -41,58 +41,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from relssl.losses import msvq_loss
-from relssl.losses._common import compute_dtype, full_precision, l2n
-from relssl.methods.common import StepInfo, check_momentum, check_positive
+from relssl.losses import msvq_loss, relation_targets
+from relssl.methods.base import Method, StepInfo, register_method
+from relssl.methods.common import check_momentum, check_positive
 from relssl.methods.diagnose import target_diagnostics
-from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head, shuffle_forward
+from relssl.metrics.falseneg import target_stats
+from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head, teacher_forward
 
-# ---------------------------------------------------------------------------- shared parts
-
-
-@torch.no_grad()
-def teacher_embed(teacher: nn.Module, x: torch.Tensor, info: StepInfo, shuffle_bn: bool) -> torch.Tensor:
-    """Teacher output for ``x`` (no gradient), with Shuffle-BN when ``shuffle_bn``."""
-    return shuffle_forward(teacher, x, info.generator) if shuffle_bn else teacher(x)
-
-
-@full_precision
-@torch.no_grad()
-def relation_targets(z_teacher: torch.Tensor, queue: torch.Tensor, tau_t: float) -> torch.Tensor:
-    """Soft label ``softmax(n(z_t) n(Q)^T / tau_t)`` over the K queue rows, (N, K), no gradient."""
-    dtype = compute_dtype(z_teacher, queue)
-    return F.softmax(l2n(z_teacher, dtype) @ l2n(queue, dtype).T / tau_t, dim=1)
-
-
-@full_precision
-def relation_ce(z_student: torch.Tensor, z_teacher: torch.Tensor, queue: torch.Tensor,
-                tau_t: float = 0.04, tau_s: float = 0.1) -> torch.Tensor:
-    """One relation term: ``CE(softmax(n(z_t) Q^T / tau_t), softmax(n(z_s) Q^T / tau_s))``, mean over rows.
-
-    ``Q = n(queue)`` is a constant; gradient flows into ``z_student`` only. This is ReSSL's loss
-    and each of the three terms of ``msvq_loss`` (which is the mean of three such terms).
-    """
-    dtype = compute_dtype(z_student, z_teacher, queue)
-    q = l2n(queue.detach(), dtype)
-    log_s = F.log_softmax(l2n(z_student, dtype) @ q.T / tau_s, dim=1)
-    p = relation_targets(z_teacher.detach(), q, tau_t)
-    return -(p * log_s).sum(dim=1).mean()
-
-
-@torch.no_grad()
-def target_stats(p: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean entropy (nats) and mean largest probability of soft labels ``p`` (N, K)."""
-    entropy = -(p * p.clamp_min(1e-30).log()).sum(dim=1).mean()
-    return {"target_entropy": entropy, "target_max": p.max(dim=1).values.mean()}
-
-
-# ---------------------------------------------------------------------------- the method
-
-
-class MSVQ(nn.Module):
+@register_method
+class MSVQ(Method):
     name = "msvq"
     default_views = ("strong", "weak", "weak", "weak")  # x1 student; x2, x3 teacher 1; x4 teacher 2
     default_augment = {"weak": {"flip_p": 0.9}}  # official weak flip (see the module docstring)
@@ -132,9 +91,9 @@ class MSVQ(nn.Module):
         x1, x2, x3, x4 = views
         c = self.cfg
         z1 = self.student(x1)
-        z2 = teacher_embed(self.teacher1, x2, info, c.shuffle_bn)
-        z3 = teacher_embed(self.teacher1, x3, info, c.shuffle_bn)
-        z4 = teacher_embed(self.teacher2, x4, info, c.shuffle_bn)
+        z2 = teacher_forward(self.teacher1, x2, info.generator, c.shuffle_bn)
+        z3 = teacher_forward(self.teacher1, x3, info.generator, c.shuffle_bn)
+        z4 = teacher_forward(self.teacher2, x4, info.generator, c.shuffle_bn)
         # the queues before this step's keys are written
         q1, q2 = self.queue1.features.clone(), self.queue2.features.clone()
         loss = msvq_loss(z1, z2, z3, z4, q1, q2, tau_t=c.tau_t, tau_s=c.tau_s)

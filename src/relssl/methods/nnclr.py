@@ -54,35 +54,17 @@ import torch
 from torch import nn
 
 from relssl.losses import nnclr_loss, oracle_nnclr_loss
-from relssl.methods.common import StepInfo, check_positive
+from relssl.methods.base import FN_ORACLE, TEMPERATURE, Method, StepInfo, oracle_labels, register_method
+from relssl.methods.common import check_positive
 from relssl.methods.diagnose import batch_diagnostics
-from relssl.methods.oracle import oracle_labels
+from relssl.metrics.falseneg import neighbour_metrics
 from relssl.nn import FeatureQueue, gather_no_grad, gather_with_grad, nnclr_predictor, nnclr_projector
 
 
-def neighbour_metrics(nn_labels: torch.Tensor, nn_index: torch.Tensor, labels: torch.Tensor | None,
-                      index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Support-set quality of the neighbours found for B queries, once per view.
-
-    ``nn_labels`` / ``nn_index`` (V, B): the label and sample index stored beside each neighbour
-    row (-1 = empty row or unknown; read *before* this step's queue writes). ``nn_purity``: among
-    neighbours with a stored label, the fraction whose label equals the query's ``labels`` (B,);
-    NaN when none has one. ``nn_self``: fraction of neighbours that are a copy of the query's own
-    image (stored index == ``index`` (B,)). A key is left out when its input is None. Device-side
-    only (no ``.item()``, no host synchronisation).
-    """
-    out: dict[str, torch.Tensor] = {}
-    if labels is not None:
-        valid = nn_labels >= 0
-        same = (nn_labels == labels.to(nn_labels.device).view(1, -1)) & valid
-        out["nn_purity"] = same.sum().float() / valid.sum().float()
-    if index is not None:
-        out["nn_self"] = (nn_index == index.to(nn_index.device).view(1, -1)).float().mean()
-    return out
-
-
-class NNCLR(nn.Module):
+@register_method
+class NNCLR(Method):
     name = "nnclr"
+    capabilities = frozenset({TEMPERATURE, FN_ORACLE})
     default_views = ("byol_a", "byol_b")
 
     @dataclass
@@ -144,6 +126,3 @@ class NNCLR(nn.Module):
         if info.diagnose:  # the negatives of NN(z1) are the other predictions of view 2
             out["_diag"] = batch_diagnostics(nn1, p2, info, self.cfg.temperature, same_view=False)
         return out
-
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        pass

@@ -1,9 +1,10 @@
 """Plug-ins: modules that change a host method's objective (``plugins: [ascl]`` in a recipe).
 
-A plug-in has ``name``, ``hosts`` (the methods it fits), a ``Config`` dataclass,
-``attach(host)`` (called once: e.g. ASCL swaps the host's loss term) and
-``after_host_step(host, views, info, out) -> out`` (called by the engine after the host's
-``training_step``: e.g. BSIM adds its mixture term to ``out["loss"]``). A plug-in with
+A plug-in subclasses :class:`relssl.methods.base.Plugin`: ``name``, a ``Config`` dataclass,
+``requires`` (the capability sets it can work with; its hosts are the methods that have every
+capability of one set: :func:`hosts_of`), ``attach(host)`` (called once: e.g. ASCL swaps the host's
+loss term) and ``after_host_step(host, views, info, out) -> out`` (called by the engine after the
+host's ``training_step``: e.g. BSIM adds its mixture term to ``out["loss"]``). A plug-in with
 ``uses_labels = True`` (the label oracle) makes the engine refuse a pretraining split without
 labels and write ``uses_labels: true`` into the run's results.
 """
@@ -13,16 +14,17 @@ from __future__ import annotations
 import dataclasses
 
 from relssl.errors import ConfigError
-from relssl.methods.ascl import ASCL
-from relssl.methods.bsim import BSIM
+from relssl.schema import build_dataclass
+from relssl.methods import METHODS, PLUGINS
 from relssl.methods.oracle import FalseNegativeOracle
 
-PLUGINS: dict[str, type] = {cls.name: cls for cls in (ASCL, BSIM, FalseNegativeOracle)}
+def hosts_of(plugin: type) -> tuple[str, ...]:
+    """The registered methods a plug-in fits (by their capabilities), in registry order."""
+    return tuple(name for name, cls in METHODS.items() if plugin.fits(cls))
 
 
 def plugins_config(section, method_name: str) -> dict:
     """Validate ``plugins:`` (a list of names, or a mapping name -> options); returns name -> options."""
-    from relssl.config import build_dataclass
 
     if section is None:
         return {}
@@ -38,8 +40,8 @@ def plugins_config(section, method_name: str) -> dict:
         if name not in PLUGINS:
             raise ConfigError(f"unknown plugin {name!r}; available: {', '.join(PLUGINS)}")
         cls = PLUGINS[name]
-        if method_name not in cls.hosts:
-            raise ConfigError(f"plugin {name} does not fit method {method_name}; its hosts: {', '.join(cls.hosts)}")
+        if not cls.fits(METHODS[method_name]):
+            raise ConfigError(f"plugin {name} does not fit method {method_name}; its hosts: {', '.join(hosts_of(cls))}")
         opts = build_dataclass(cls.Config, options or {}, prefix=f"plugins.{name}")
         out[name] = dataclasses.asdict(opts)
     if "ascl" in out and FalseNegativeOracle.name in out:
@@ -50,7 +52,6 @@ def plugins_config(section, method_name: str) -> dict:
 
 def build_plugins(section: dict, host) -> list:
     """Instantiate validated plug-ins and attach them to ``host``, in the order given."""
-    from relssl.config import build_dataclass
 
     plugins = []
     for name, options in (section or {}).items():

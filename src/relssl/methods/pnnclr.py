@@ -63,7 +63,7 @@ progress instead).
 Metrics (cheap, no host sync): ``nn_purity`` = label agreement of the hard nearest neighbours that
 the pseudo neighbours are built from (queries n(p1), n(zt2) in Q and n(p2), n(zt1) in Q'; written
 rows only; with ``topk`` > 1 still the top-1), and ``nn_self`` (neighbour is a copy of the query's
-own image, e.g. half 2 finding the other view's fresh prediction); see ``nnclr.neighbour_metrics``.
+own image, e.g. half 2 finding the other view's fresh prediction); see ``relssl.metrics.falseneg.neighbour_metrics``.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ from torch import nn
 
 from relssl.errors import ConfigError
 from relssl.losses import oracle_pnnclr_loss, pnnclr_loss
-from relssl.methods.common import StepInfo, check_choice, check_momentum, check_positive
+from relssl.methods.base import FN_ORACLE, TEMPERATURE, Method, StepInfo, oracle_labels, register_method
+from relssl.methods.common import check_choice, check_momentum, check_positive
 from relssl.methods.diagnose import batch_diagnostics
-from relssl.methods.oracle import oracle_labels
-from relssl.methods.nnclr import neighbour_metrics
+from relssl.metrics.falseneg import neighbour_metrics
 from relssl.nn import FeatureQueue, ema_update, gather_no_grad, gather_with_grad, make_teacher, mlp
 
 
@@ -89,8 +89,10 @@ def pnnclr_encoder_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
                          nn.BatchNorm1d(hidden), nn.Linear(hidden, out))
 
 
-class PNNCLR(nn.Module):
+@register_method
+class PNNCLR(Method):
     name = "pnnclr"
+    capabilities = frozenset({TEMPERATURE, FN_ORACLE})
     default_views = ("byol_a", "byol_b")
 
     @dataclass

@@ -5,7 +5,7 @@ Spec: docs/methods/ressl.md, ReSSL row (pc-cp/Benchmark-Methods-For-MNN,
 sees the strong view, the EMA teacher (constant momentum) the weak view with Shuffle-BN. Loss:
 ``CE(softmax(n(z_k) Q^T / tau_t), softmax(n(z_q) Q^T / tau_s))`` over the queue Q *before* this
 step's keys are written (MemoryBankModule returns the old bank, then writes) = one term of MSVQ
-(``relation_ce`` from ``msvq.py``). Then the teacher's embeddings are enqueued.
+(``relssl.losses.relation_ce``). Then the teacher's embeddings are enqueued.
 
 Choices: asymmetric (the pc-cp default; its ``symmetric`` flag is not offered). tau_t 0.04,
 tau_s 0.1 (hard-coded there), m 0.99 (CIFAR; 0.996 on STL-10 / Tiny ImageNet in the recipes), K
@@ -25,13 +25,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from relssl.methods.common import StepInfo, check_momentum, check_positive
+from relssl.methods.base import Method, StepInfo, register_method
+from relssl.methods.common import check_momentum, check_positive
 from relssl.methods.diagnose import target_diagnostics
-from relssl.methods.msvq import relation_ce, relation_targets, target_stats, teacher_embed
-from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head
+from relssl.losses import relation_ce, relation_targets
+from relssl.metrics.falseneg import target_stats
+from relssl.nn import FeatureQueue, ema_update, make_teacher, moco_head, teacher_forward
 
 
-class ReSSL(nn.Module):
+@register_method
+class ReSSL(Method):
     name = "ressl"
     default_views = ("strong", "weak")  # x1 student, x2 teacher
     default_augment = {"weak": {"flip_p": 0.9}}
@@ -67,7 +70,7 @@ class ReSSL(nn.Module):
         x1, x2 = views
         c = self.cfg
         zq = self.student(x1)
-        zk = teacher_embed(self.teacher, x2, info, c.shuffle_bn)
+        zk = teacher_forward(self.teacher, x2, info.generator, c.shuffle_bn)
         queue = self.queue.features.clone()  # the queue before this step's keys are written
         loss = relation_ce(zq, zk, queue, tau_t=c.tau_t, tau_s=c.tau_s)
         targets = relation_targets(zk, queue, c.tau_t)

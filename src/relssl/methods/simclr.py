@@ -14,14 +14,25 @@ import torch
 from torch import nn
 
 from relssl.losses import ntxent_loss, oracle_ntxent_loss
-from relssl.methods.common import StepInfo, check_positive
+from relssl.methods.base import (
+    ENCODE_QUERY,
+    FN_ORACLE,
+    KEYS,
+    TEMPERATURE,
+    Method,
+    StepInfo,
+    oracle_labels,
+    register_method,
+)
+from relssl.methods.common import check_positive
 from relssl.methods.diagnose import batch_diagnostics
-from relssl.methods.oracle import oracle_labels
 from relssl.nn import gather_no_grad, gather_with_grad, simclr_head
 
 
-class SimCLR(nn.Module):
+@register_method
+class SimCLR(Method):
     name = "simclr"
+    capabilities = frozenset({KEYS, ENCODE_QUERY, TEMPERATURE, FN_ORACLE})
     default_views = ("simclr", "simclr")
 
     @dataclass
@@ -65,6 +76,3 @@ class SimCLR(nn.Module):
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder + head (for plug-ins that add views, e.g. BSIM's mixtures)."""
         return self.online(x)
-
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        pass

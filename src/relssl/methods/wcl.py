@@ -83,46 +83,16 @@ from torch import nn
 
 from relssl.errors import ConfigError
 from relssl.losses import connected_components, ntxent_loss, oracle_ntxent_loss, wcl_loss
-from relssl.losses._common import compute_dtype, full_precision, l2n
-from relssl.losses.graph import nn_graph_labels, one_nn_index
-from relssl.methods.common import StepInfo, check_choice, check_positive
+from relssl.losses.graph import MULTICROP_RULES, multicrop_term, one_nn_index
+from relssl.metrics.falseneg import graph_stats
+from relssl.methods.base import FN_ORACLE, TEMPERATURE, Method, StepInfo, oracle_labels, register_method
+from relssl.methods.common import check_choice, check_positive
 from relssl.methods.diagnose import batch_diagnostics, graph_diagnostics
-from relssl.methods.oracle import oracle_labels
 from relssl.nn import gather_no_grad, gather_with_grad, rank, wcl_head
 
 WEAK_VIEWS = ("strong", "strong")  # the code's ``moco_aug`` for the first epochs
-MULTICROP_RULES = ("self", "component")
 SWAV_SMALL_SCALE = (0.05, 0.14)  # SwAV's small-crop area range (96-px crops of 224-px images)
 SMALL_IMAGE_SCALE = (0.14, 0.5)  # our choice below 96 px: see the module docstring
-
-
-@torch.no_grad()
-def graph_stats(embeddings: list[torch.Tensor],
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """``graph_size`` and (with ``labels``) ``graph_purity`` of the 1-NN graphs of ``embeddings``.
-
-    Each ``(N, D)`` tensor (one per view) is l2-normalised, every row linked to its most
-    cosine-similar other row, and the connected components taken as weak labels (as in
-    ``wcl_loss``). Returns the means over the views of N / #components and of the fraction of
-    pairs ``(i, j), i != j`` in the same component whose ``labels`` agree. Computed every step, so
-    it uses the fixed-round ``nn_graph_labels`` (a component's id is one of its nodes: the
-    components are counted as the nodes that are their own id) and never synchronises a GPU.
-    """
-    sizes, purities = [], []
-    for g in embeddings:
-        b = F.normalize(g.detach().float(), dim=1)
-        comp = nn_graph_labels(one_nn_index(b))
-        n = b.shape[0]
-        sizes.append(n / (comp == torch.arange(n, device=b.device)).sum().float())
-        if labels is not None:
-            eye = torch.eye(n, dtype=torch.bool, device=b.device)
-            pos = (comp[:, None] == comp[None, :]) & ~eye
-            agree = pos & (labels[:, None] == labels[None, :])
-            purities.append(agree.sum() / pos.sum().float())  # every node has a positive
-    out = {"graph_size": torch.stack(sizes).mean()}
-    if labels is not None:
-        out["graph_purity"] = torch.stack(purities).mean()
-    return out
 
 
 def multicrop_geometry(size: int | None, scale, crop_size: int) -> tuple[int, tuple[float, float]]:
@@ -143,61 +113,10 @@ def multicrop_geometry(size: int | None, scale, crop_size: int) -> tuple[int, tu
     return int(size), (float(scale[0]), float(scale[1]))
 
 
-@full_precision
-def multicrop_term(small: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, temperature: float = 0.1,
-                   rule: str = "self", detach_candidates: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """WCL's KNN-selected multi-crop term (UNVERIFIED reading of the paper; see the module docstring).
-
-    Args:
-        small: ``(N, K, D)`` graph-head outputs of the K small crops of each of the N samples.
-        g1, g2: ``(N, D)`` graph-head outputs of the two main views (the batch ``wcl_loss`` sees).
-        temperature: ``tau`` of the SupCon term.
-        rule: ``"self"`` accepts a small crop of sample i when its most cosine-similar main-view
-            embedding (among the 2N rows of ``g1`` and ``g2``) is one of i's own two main views;
-            ``"component"`` when that embedding is in i's weak-label component (for a view-v column
-            ``j``: ``y^v_j == y^v_i``, ``y^v`` the components of view v's 1-NN graph, as in
-            ``wcl_loss``). "component" accepts every crop "self" accepts.
-        detach_candidates: detach the main-view columns (as ``wcl_loss`` does by default).
-
-    Every small crop ``c`` of sample i is an anchor of a SupCon L_out over the 2N main-view
-    embeddings, positives ``P = {(v, j): y^v_j == y^v_i}`` (i's component in each view, i's own
-    two views included)::
-
-        l(c) = -(1 / |P|) sum_{p in P} log( exp(c . m_p / tau) / sum_{q in 1..2N} exp(c . m_q / tau) )
-
-    The term is the mean of ``l`` over the accepted crops (0, still connected to the graph, when
-    none is accepted). Returns ``(term, accepted)``, ``accepted`` a ``(N, K)`` bool tensor.
-    """
-    if small.dim() != 3 or small.shape[0] != g1.shape[0] or g1.shape != g2.shape \
-            or small.shape[2] != g1.shape[1]:
-        raise ValueError(f"multicrop_term: small must be (N, K, D) and g1, g2 (N, D), got "
-                         f"{tuple(small.shape)}, {tuple(g1.shape)}, {tuple(g2.shape)}")
-    if rule not in MULTICROP_RULES:
-        raise ValueError(f"multicrop_term: rule must be one of {MULTICROP_RULES}, got {rule!r}")
-    n, k, _ = small.shape
-    dtype = compute_dtype(small, g1, g2)
-    c = l2n(small.reshape(n * k, -1), dtype)  # row i * K + s: crop s of sample i
-    m = torch.cat([l2n(g1, dtype), l2n(g2, dtype)])  # row v * N + j: view v of sample j
-    owner = torch.arange(n, device=c.device).repeat_interleave(k)
-    with torch.no_grad():
-        y1, y2 = (nn_graph_labels(one_nn_index(b)) for b in m.detach().chunk(2))
-        # column v * N + j is a positive of the crops of sample i iff y^v_j == y^v_i
-        pos = torch.cat([y1[None, :] == y1[owner, None], y2[None, :] == y2[owner, None]], dim=1)
-        nearest = (c.detach() @ m.detach().T).argmax(dim=1)
-        if rule == "self":
-            accepted = nearest % n == owner
-        else:
-            accepted = pos.gather(1, nearest[:, None]).squeeze(1)
-    cand = m.detach() if detach_candidates else m
-    logits = (c @ cand.T) / temperature
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    per_crop = -log_prob.masked_fill(~pos, 0.0).sum(dim=1) / pos.sum(dim=1).to(dtype)  # |P| >= 2
-    term = (per_crop * accepted.to(dtype)).sum() / accepted.sum().clamp(min=1).to(dtype)
-    return term, accepted.view(n, k)
-
-
-class WCL(nn.Module):
+@register_method
+class WCL(Method):
     name = "wcl"
+    capabilities = frozenset({TEMPERATURE, FN_ORACLE})
     default_views = ("simclr", "simclr")
 
     @dataclass
@@ -321,6 +240,3 @@ class WCL(nn.Module):
             diag.update(graph_diagnostics(connected_components(one_nn_index(F.normalize(g1.detach(), dim=1))), labels))
             out["_diag"] = diag
         return out
-
-    def after_optimizer_step(self, info: StepInfo) -> None:
-        pass

@@ -8,7 +8,7 @@ from .distributed import gather_no_grad, gather_with_grad, is_distributed, rank,
 from .ema import ema_update, make_teacher, momentum_at
 from .heads import byol_head, mlp, moco_head, nnclr_predictor, nnclr_projector, simclr_head, wcl_head
 from .queue import FeatureQueue
-from .shuffle import shuffle_forward
+from .shuffle import shuffle_forward, teacher_forward
 from .splitbn import SplitBatchNorm2d, convert_to_split_bn
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "rank",
     "shuffle_forward",
     "simclr_head",
+    "teacher_forward",
     "wcl_head",
     "world_size",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .distributed import gather_no_grad, rank, world_size
 
-__all__ = ["shuffle_forward"]
+__all__ = ["shuffle_forward", "teacher_forward"]
 
 
 def _randperm(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
@@ -66,3 +66,10 @@ def _shuffle_forward_distributed(module: Callable[[Tensor], Tensor], x: Tensor, 
     out_all = gather_no_grad(out_local)
     inv = _inverse(perm)
     return out_all[inv[r * b : (r + 1) * b]]
+
+
+@torch.no_grad()
+def teacher_forward(teacher: nn.Module, x: Tensor, generator: torch.Generator | None, shuffle_bn: bool) -> Tensor:
+    """A teacher's output for ``x`` with no gradient, through :func:`shuffle_forward` when
+    ``shuffle_bn`` (the permutation drawn from ``generator``), else a plain forward."""
+    return shuffle_forward(teacher, x, generator) if shuffle_bn else teacher(x)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from relssl.augment import make_views
-from relssl.evaluate.knn import extract_features
+from relssl.metrics.knn import extract_features
 
 
 def _check_2d(name: str, x: torch.Tensor, min_rows: int = 1) -> None:
