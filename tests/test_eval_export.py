@@ -116,3 +116,66 @@ def test_export_cli_default_path_and_errors(resnet_run, tmp_path, capsys, monkey
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("relssl: error: ") and message in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra (pip install 'relssl[onnx]')")
+
+
+@pytest.fixture(scope="module")
+def onnx_files(resnet_run, tmp_path_factory):
+    """The ResNet-18 run exported twice: plain (normalised input, raw features) and with the
+    normalisation folded in and L2-normalised output."""
+    from relssl.evaluate.export import export_onnx
+
+    run_dir, splits = resnet_run
+    out = tmp_path_factory.mktemp("onnx")
+    plain = export_onnx(run_dir, out / "plain.onnx", splits=splits)
+    folded = export_onnx(run_dir, out / "folded.onnx", splits=splits, fold_normalization=True, l2_normalize=True)
+    return plain, folded
+
+
+def _run(path, x):
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    return torch.from_numpy(session.run(["features"], {"images": x.numpy()})[0])
+
+
+def test_onnx_features_equal_pytorch_at_any_batch_size(onnx_files, ours, resnet_run):
+    """onnxruntime's features equal relssl's own (eval mode, the same images) within 1e-4 absolute
+    (float32 kernels of two runtimes), for batches of 1, 5 and 12 (the batch axis is dynamic)."""
+    from relssl.metrics.knn import extract_features
+
+    (plain, meta), (folded, _) = onnx_files
+    _, splits = resnet_run
+    images = splits.test.images[:12]
+    size, mean, std = meta["input_size"], meta["mean"], meta["std"]
+    reference = extract_features(ours, images, size, mean, std, device="cpu", normalize=False)
+    assert images.shape[-1] == size  # Fashion-MNIST at its native 28 px: no resizing on either side
+    x01 = images.float() / 255.0
+    normed = (x01 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    for n in (1, 5, 12):
+        torch.testing.assert_close(_run(plain, normed[:n]), reference[:n], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(_run(folded, x01[:n]), torch.nn.functional.normalize(reference[:n], dim=1),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_metadata_and_cli(onnx_files, resnet_run, tmp_path, capsys, monkeypatch):
+    from relssl.evaluate.export import read_onnx_metadata
+
+    (plain, _), (folded, _) = onnx_files
+    assert read_onnx_metadata(folded)["fold_normalization"] is True
+    meta = read_onnx_metadata(plain)
+    assert meta["format"] == "relssl-backbone" and meta["backbone"] == "resnet18" and meta["l2_normalize"] is False
+    run_dir, splits = resnet_run
+    monkeypatch.setattr("relssl.data.load_dataset", lambda *a, **k: splits)
+    assert main(["export", run_dir, "--format", "onnx", "--l2-normalize"]) == 0
+    assert "backbone.onnx (ONNX)" in capsys.readouterr().out
+    for args, message in [(["export", run_dir, "--format", "onnx", "-o", str(tmp_path / "m.safetensors")],
+                           "must end in .onnx"),
+                          (["export", run_dir, "--l2-normalize"], "apply to --format onnx only")]:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("relssl: error: ") and message in err and "\n" not in err
+    assert not list(tmp_path.iterdir())  # a refused export writes nothing

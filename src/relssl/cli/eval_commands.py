@@ -142,7 +142,7 @@ def add_eval_parsers(sub) -> None:
     dg.add_argument("--topk", type=int, default=5, help="queue neighbours for purity / self-match (default 5)")
     dg.add_argument("--seed", type=int, default=0)
 
-    x = sub.add_parser("export", help="write a checkpoint's backbone as torchvision-loadable safetensors",
+    x = sub.add_parser("export", help="write a checkpoint's backbone as torchvision-loadable safetensors (or ONNX)",
                        formatter_class=fmt,
                        description="Export the backbone (state dict + architecture metadata in the header) as "
                                    "safetensors.\nLoad it with relssl.evaluate.export.load_backbone(path), or with "
@@ -154,8 +154,14 @@ def add_eval_parsers(sub) -> None:
                                    "  net.load_state_dict(safetensors.torch.load_file(path))")
     x.add_argument("checkpoint", help="a run directory (uses checkpoints/last.ckpt) or a .ckpt file")
     x.add_argument("overrides", nargs="*", help="data.* overrides (data.root=DIR where the dataset lives)")
-    x.add_argument("-o", "--output", metavar="FILE.safetensors",
-                   help="default RUN_DIR/backbone.safetensors (backbone_best.safetensors for best.ckpt)")
+    x.add_argument("-o", "--output", metavar="FILE",
+                   help="default RUN_DIR/backbone.safetensors or .onnx (backbone_best.* for best.ckpt)")
+    x.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                   help="safetensors (default: the state dict, for torchvision / relssl) or onnx (the frozen "
+                        "network with a dynamic batch axis, for onnxruntime and other runtimes; needs relssl[onnx])")
+    x.add_argument("--fold-normalization", action="store_true",
+                   help="onnx: the model takes images in [0, 1] and applies the dataset's mean / std itself")
+    x.add_argument("--l2-normalize", action="store_true", help="onnx: unit-length output features (for cosine search)")
     x.add_argument("--maxpool", type=_bool, help="true|false: only needed when the dataset is not on this machine "
                                                  "and the config leaves the max-pool to the dataset")
     x.add_argument("--json", action="store_true", help="print the metadata as JSON")
@@ -377,8 +383,21 @@ def _eval_diagnose(args) -> int:
 
 
 def run_export(args) -> int:
-    from relssl.evaluate.export import export_backbone
+    from relssl.evaluate.export import export_backbone, export_onnx
 
+    if args.format == "onnx":
+        path, meta = export_onnx(args.checkpoint, args.output, args.overrides, maxpool=args.maxpool,
+                                 fold_normalization=args.fold_normalization, l2_normalize=args.l2_normalize)
+        if args.json:
+            print(json.dumps({"file": str(path), **meta}, indent=2))
+        else:
+            scale = "images in [0, 1]" if args.fold_normalization else "images normalised with the metadata's mean / std"
+            print(f"exported {meta['backbone']} of {meta['method']} to {path} (ONNX)\n  input 'images' (batch, "
+                  f"{meta['in_channels']}, {meta['input_size']}, {meta['input_size']}): {scale}; output 'features' "
+                  f"(batch, {meta['feat_dim']}){', L2-normalised' if args.l2_normalize else ''}")
+        return 0
+    if args.fold_normalization or args.l2_normalize:
+        raise ConfigError("--fold-normalization and --l2-normalize apply to --format onnx only")
     path, meta = export_backbone(args.checkpoint, args.output, args.overrides, maxpool=args.maxpool)
     if args.json:
         print(json.dumps({"file": str(path), **meta}, indent=2))

@@ -212,3 +212,102 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
         raise CheckpointError(f"{path}: weights do not fit the {meta['backbone']} its metadata describes ({line[:160]})") from err
     net.feat_dim = int(meta["feat_dim"])  # type: ignore[assignment]
     return net.to(map_location).eval()
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+ONNX_FORMATS = ("safetensors", "onnx")
+
+
+class ExportedEncoder(nn.Module):
+    """The frozen backbone as it is exported to ONNX: images in, one feature vector per image out.
+
+    ``fold_normalization``: the input is images scaled to [0, 1] (uint8 / 255), and the dataset's
+    mean / std are applied inside; otherwise the input is already normalised. ``l2_normalize``: the
+    output rows have unit length (the features kNN and retrieval compare with cosines)."""
+
+    def __init__(self, backbone: nn.Module, mean=None, std=None, l2_normalize: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fold = mean is not None
+        if self.fold:
+            shape = (1, len(mean), 1, 1)
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+        self.l2_normalize = l2_normalize
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std if self.fold else images
+        f = self.backbone(x).flatten(1)
+        return nn.functional.normalize(f, dim=1) if self.l2_normalize else f
+
+
+def save_onnx(backbone: nn.Module, meta: dict, out: str | Path, fold_normalization: bool = False,
+              l2_normalize: bool = False) -> Path:
+    """Write ``backbone`` (eval mode) as an ONNX graph with a dynamic batch axis, atomically.
+
+    Input ``images`` (batch, C, S, S) float32, output ``features`` (batch, D). ``meta`` goes into
+    the model's metadata (JSON-encoded values), with ``input`` saying what the input must be."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as err:
+        raise ConfigError(f"ONNX export needs the onnx extra ({err.name} is missing): pip install 'relssl[onnx]'") from err
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ConfigError(f"export file {out} must end in .onnx with --format onnx")
+    if fold_normalization and not meta.get("mean"):
+        raise DataError(f"dataset {meta.get('dataset')} is not on this machine, so its mean / std are unknown: "
+                        "pass data.root=DIR, or export without --fold-normalization")
+    size = int(meta.get("input_size") or 32)
+    encoder = ExportedEncoder(copy_for_export(backbone), meta["mean"] if fold_normalization else None,
+                              meta["std"] if fold_normalization else None, l2_normalize).eval()
+    example = torch.rand(2, int(meta["in_channels"]), size, size)
+    meta = {**meta, "input": ("images in [0, 1] (uint8 / 255), normalised inside" if fold_normalization
+                              else "images normalised with mean / std"),
+            "fold_normalization": fold_normalization, "l2_normalize": l2_normalize}
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            program = torch.onnx.export(encoder, (example,), dynamo=True, input_names=["images"],
+                                        output_names=["features"], verbose=False,
+                                        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+        model = program.model_proto
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.save_model(model, str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {out}: {err.strerror}; choose a writable -o path with free space") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def copy_for_export(backbone: nn.Module) -> nn.Module:
+    """A CPU float32 copy in eval mode (the trained module is left as it is)."""
+    import copy
+
+    return copy.deepcopy(backbone).to("cpu", torch.float32).eval()
+
+
+def export_onnx(path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None, splits=None,
+                maxpool: bool | None = None, fold_normalization: bool = False,
+                l2_normalize: bool = False) -> tuple[Path, dict]:
+    """Export the backbone of a checkpoint / run directory as ONNX; returns (file, metadata)."""
+    backbone, meta = backbone_from_checkpoint(path, overrides, splits=splits, maxpool=maxpool)
+    out = Path(out) if out is not None else default_export_path(path).with_suffix(".onnx")
+    return save_onnx(backbone, meta, out, fold_normalization, l2_normalize), meta
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """The metadata relssl wrote into an exported ONNX model (values decoded from JSON)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in model.metadata_props}
