@@ -12,6 +12,7 @@ The ``method`` section is checked against the chosen method's own ``Config`` dat
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,7 @@ class OptimConfig:
 
 
 MONITORS = ("auto", "knn", "rankme", "none")  # values of trainer.monitor
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")  # values of trainer.loggers
 
 
 @dataclass
@@ -176,8 +178,24 @@ class TrainerConfig:
     # BatchNorm statistics over all processes (torch's SyncBatchNorm; GPUs only): Lightning converts
     # every BatchNorm of the model, teachers included, when DDP starts; a no-op with one process
     sync_batchnorm: bool = False
+    # experiment loggers: csv (metrics.csv: always) and any of tensorboard, mlflow, wandb (relssl.engine.loggers)
+    loggers: tuple[str, ...] = ("csv", "tensorboard")
+    experiment: str = "relssl"  # the MLflow experiment / W&B project
+    mlflow_uri: str | None = None  # MLflow tracking URI (null: a file store in OUTPUT_DIR/mlruns)
+    wandb_offline: bool = False  # W&B without network (upload later with `wandb sync`)
 
     def validate(self) -> None:
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise ConfigError(f"trainer.loggers: unknown logger {name!r}; choose from {', '.join(LOGGERS)}")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ConfigError(f"trainer.loggers lists a logger twice: {list(self.loggers)}; list each once")
+        if "csv" not in self.loggers:
+            raise ConfigError("trainer.loggers must include csv (metrics.csv, which relssl report and a resume read); "
+                              f"add it: trainer.loggers=[csv,{','.join(self.loggers)}]")
+        for name, module in (("mlflow", "mlflow"), ("wandb", "wandb")):
+            if name in self.loggers and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"trainer.loggers names {name}, which is not installed: pip install 'relssl[{name}]'")
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda"):
             raise ConfigError(f"trainer.accelerator must be one of auto, cpu, gpu; got {self.accelerator!r}")
         if self.precision not in ("auto", "32", "bf16-mixed", "16-mixed", "64"):

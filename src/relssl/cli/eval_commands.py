@@ -230,6 +230,10 @@ def _save(setup, args, name: str, res: dict) -> dict:
     out = None if args.no_save else eval_dir(setup, args.out)
     if out is not None:
         public["json"] = str(write_json(public, out / f"{name}.json"))
+    if setup.run_dir is not None and not args.no_save:  # the run's experiment trackers (trainer.loggers)
+        from relssl.engine.loggers import log_to_run
+
+        public["logged_to"] = log_to_run(setup.run_dir, setup.cfg, public, f"eval/{name}")
     return public
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from relssl.config import Config, load_data
 from relssl.data import DatasetSplits
 from relssl.engine.lifecycle import GracefulStop, InterruptCheckpoint, check_resumable, write_json_atomic
+from relssl.engine.loggers import log_final, record_ids
 from relssl.engine.module import PretrainModule
 from relssl.engine.results import final_results, partial_results
 from relssl.engine.rundir import file_log, launched_as_rank_zero, open_run_dir, read_resume, run_dir_announced
@@ -67,6 +68,8 @@ def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: st
             monitor = build_monitor(cfg, splits, module, monitor_kind)
             trainer, last_ckpt = build_trainer(cfg, run_dir, monitor, monitor_kind, accelerator, precision,
                                                sync_batchnorm, cfg.trainer.progress_bar and not quiet, extra_callbacks)
+            if rank_zero:
+                record_ids(run_dir, trainer.loggers)
             wall = _fit(cfg, trainer, module, run_dir, point.ckpt_path if point is not None else None)
         if not trainer.is_global_zero:
             run_dir = Path(last_ckpt.dirpath).parent  # rank 0's, shared when the processes met
@@ -74,6 +77,7 @@ def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: st
                                 monitor_kind, wall)
         if trainer.is_global_zero:
             write_json_atomic(run_dir / "results.json", results)
+            log_final(trainer.loggers, results)
         return results
     finally:
         if lock is not None:

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from relssl.config import Config
 from relssl.engine.callbacks import LabelFreeProbe, RepresentationMonitor
 from relssl.engine.checkpoint import AtomicCheckpointIO
-from relssl.engine.lifecycle import AppendingCSVLogger, WriteCheckedTensorBoardLogger
+from relssl.engine.loggers import build_loggers
 from relssl.engine.setup import MONITOR_SELECTS
 from relssl.errors import TrainingError
 
@@ -49,8 +49,7 @@ def build_trainer(cfg: Config, run_dir: Path, monitor: RepresentationMonitor | N
         # each refresh turns the bar's tensors (loss) into numbers, which waits for the GPU: on a GPU
         # refresh as often as the loggers write (trainer.log_every_n_steps), not every step
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps if accelerator == "gpu" else 1))
-    loggers = [AppendingCSVLogger(run_dir, name="", version=""),
-               WriteCheckedTensorBoardLogger(run_dir, name="tb", version="")]
+    loggers = build_loggers(cfg, run_dir)
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         precision=precision, max_epochs=cfg.optim.epochs,
