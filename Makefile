@@ -1,6 +1,7 @@
 # Set-up and main jobs. Each target creates the virtualenv .venv and installs relssl into it.
 #   make demo   pretrain the default method on Fashion-MNIST and evaluate it (about 5 min on 2 CPU cores)
-#   make test   the whole test suite (CI runs exactly this)
+#   make test   the whole test suite (CI runs it, then make docs)
+#   make docs   the documentation site in build/site (MkDocs, strict: a broken link or reference fails)
 # TORCH: the torch/torchvision pins. The defaults are the wheels on this project's machines'
 # disk; elsewhere e.g. `make test TORCH="torch torchvision"`.
 
@@ -10,7 +11,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo test bench clean
+.PHONY: venv data demo test docs bench clean
 
 venv: $(VENV)/.installed
 
@@ -36,8 +37,11 @@ demo: venv data
 test: venv data
 	$(BIN)/python -m pytest -q
 
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 bench: venv data
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build

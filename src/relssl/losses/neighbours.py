@@ -148,8 +148,7 @@ def pnnclr_loss(a: Tensor, b: Tensor, support: Tensor, temperature: float = 0.1,
             0.1): draw the 4 block noises as independent ``N(0, noise_std^2)`` tensors of shape
             ``(B, D)`` with ``generator``. Exclusive with ``noises``. Default None: no noise.
         generator: keyword-only ``torch.Generator`` for the ``topk`` / ``t_min`` / ``noise_std``
-            draws.
-        (``topk`` and ``t_min`` are the paper's "stochastic sampling" wording, unverified.)
+            draws. (``topk`` and ``t_min`` are the paper's "stochastic sampling" wording, unverified.)
 
     Returns:
         Scalar. Gradient flows into ``a`` only.
