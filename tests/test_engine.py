@@ -241,3 +241,22 @@ def test_method_recipe_defaults_under_user_overrides():
     assert recipes[0].flip_p == 0.5 and all(r.flip_p == 0.9 for r in recipes[1:])  # MSVQ's official weak flip
     cfg = load_config(None, ["method.name=msvq", "augment.weak.flip_p=0.5"])
     assert all(r.flip_p == 0.5 for r in view_recipes(cfg, 32)[1])  # the user's value wins
+
+
+def test_global_batch_and_lr_accounting(tmp_path, fmnist_small):
+    """optim.global_batch_size fixes the batch over all processes (batch_size is derived from it,
+    refused when the processes do not divide it), and results.json says the global batch, the batch
+    per process, the processes and the lr after scaling."""
+    from relssl.errors import ConfigError
+
+    cfg = tiny_config("simclr", tmp_path, "optim.global_batch_size=64", "optim.batch_size=8", "optim.lr_scaling=linear",
+                      "optim.lr=0.4", "optim.epochs=1", "data.subset=128", "trainer.knn_every=0",
+                      "trainer.knn_at_start=false")
+    assert cfg.optim.batch_size == 64  # derived: one process
+    res = pretrain(cfg, splits=fmnist_small, quiet=True)
+    assert res["batch"] == {"global": 64, "per_device": 64, "processes": 1} and res["steps"] == 2
+    assert res["lr"] == {"base": 0.4, "scaling": "linear", "scaled": pytest.approx(0.4 * 64 / 256)}
+    two = tiny_config("simclr", tmp_path, "optim.global_batch_size=64", "trainer.devices=2")
+    assert two.optim.batch_size == 32
+    with pytest.raises(ConfigError, match=r"global_batch_size=63 does not divide among 2 processes.*multiple of 2"):
+        tiny_config("simclr", tmp_path, "optim.global_batch_size=63", "trainer.devices=2")

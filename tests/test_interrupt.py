@@ -1,6 +1,7 @@
-"""SIGTERM and SIGINT to a real ``relssl pretrain`` process: a resumable checkpoint at the step where
-it stopped, a ``results.json`` saying so, exit status 143 / 130, and a resume that continues from
-that step (never re-running an earlier one) to the weights of an uninterrupted run."""
+"""SIGTERM, SIGINT and SIGUSR1 (SLURM's warning before a time limit) to a real ``relssl pretrain``
+process: a resumable checkpoint at the step where it stopped, a ``results.json`` saying so, exit
+status 128 + the signal (143 / 130 / 138), and a resume that continues from that step (never
+re-running an earlier one) to the weights of an uninterrupted run."""
 
 import csv
 import json
@@ -50,7 +51,7 @@ def reference(tmp_path_factory):
     return load_checkpoint_file(root / "ref" / "checkpoints" / "last.ckpt")
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGUSR1, 138)])
 def test_signal_mid_epoch_then_resume_equals_uninterrupted(sig, code, tmp_path, reference):
     run = tmp_path / "run"
     proc = cli("pretrain", "fashion_mnist/mocov2", *FAST, f"output_dir={tmp_path}", "name=run")

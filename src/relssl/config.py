@@ -118,6 +118,9 @@ class OptimConfig:
     exclude_bn_bias: bool = False  # no weight decay (and no LARS adaptation) on norm weights and biases
     lars_eta: float = 0.001  # LARS trust coefficient
     batch_size: int = 256  # per process
+    # the batch over all processes: when set, batch_size is derived from it (global / processes), so a
+    # run keeps its global batch on any number of devices; refused if the processes do not divide it
+    global_batch_size: int | None = None
     epochs: int = 200
     warmup_epochs: float = 5.0  # linear warm-up from 0, then cosine to min_lr, updated every step
     min_lr: float = 0.0
@@ -136,6 +139,8 @@ class OptimConfig:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.batch_size < 2:
             raise ConfigError(f"optim.batch_size must be >= 2, got {self.batch_size}")
+        if self.global_batch_size is not None and self.global_batch_size < 2:
+            raise ConfigError(f"optim.global_batch_size must be >= 2 or null, got {self.global_batch_size}")
         if self.epochs < 1:
             raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
@@ -307,6 +312,15 @@ def config_from_dict(raw: dict) -> Config:
         raise ConfigError(f"trainer.sync_batchnorm=true cannot be combined with "
                           f"backbone.bn_splits={cfg.backbone.bn_splits} (SplitBatchNorm); "
                           "set backbone.bn_splits=1 or trainer.sync_batchnorm=false")
+    processes = cfg.trainer.devices * cfg.trainer.num_nodes
+    if cfg.optim.global_batch_size is not None:
+        if cfg.optim.global_batch_size % processes:
+            raise ConfigError(f"optim.global_batch_size={cfg.optim.global_batch_size} does not divide among {processes} "
+                              f"processes (trainer.devices x trainer.num_nodes); use a multiple of {processes}")
+        cfg.optim.batch_size = cfg.optim.global_batch_size // processes
+        if cfg.optim.batch_size < 2:
+            raise ConfigError(f"optim.global_batch_size={cfg.optim.global_batch_size} leaves {cfg.optim.batch_size} "
+                              f"image(s) per process on {processes} processes; use at least {2 * processes}")
     # the method section: checked against the method's own Config dataclass
     cfg.method = method_config(cfg.method)
     cfg.plugins = plugins_config(cfg.plugins, cfg.method["name"])

@@ -85,33 +85,39 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class GracefulStop:
-    """SIGTERM and SIGINT during ``fit`` end the run at the next step boundary.
+    """SIGTERM, SIGINT and SIGUSR1 during ``fit`` end the run at the next step boundary.
 
     Lightning already turns SIGTERM into a stop after the current step (``SIGTERMException``,
-    broadcast to every rank under DDP); SIGINT (Ctrl-C) is routed the same way instead of
-    Lightning's KeyboardInterrupt, which would leave no checkpoint of the steps since the last one.
-    Used as a context manager around ``trainer.fit``; remembers which signal came.
+    broadcast to every rank under DDP); SIGINT (Ctrl-C) and SIGUSR1 (what SLURM sends before a
+    time limit with ``#SBATCH --signal=USR1@90``) are routed the same way, instead of Lightning's
+    KeyboardInterrupt (no checkpoint of the steps since the last one) or the process's default
+    (killed). Used as a context manager around ``trainer.fit``; remembers which signal came.
     """
 
-    def __init__(self, trainer) -> None:
-        self.trainer, self.signum, self._previous = trainer, signal.SIGTERM, None
+    ROUTED = (signal.SIGINT, signal.SIGUSR1)
 
-    def _on_sigint(self, signum, frame) -> None:
-        self.signum = signal.SIGINT
-        if self.trainer.received_sigterm:  # a second Ctrl-C while stopping: stop now
+    def __init__(self, trainer) -> None:
+        self.trainer, self.signum, self._previous = trainer, signal.SIGTERM, {}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.trainer.received_sigterm and signum == signal.SIGINT:  # a second Ctrl-C while stopping: now
             raise KeyboardInterrupt
+        if not self.trainer.received_sigterm:
+            self.signum = signum
         self.trainer._signal_connector.received_sigterm = True
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: leave Ctrl-C to Python
-            self._previous = None
+        for sig in self.ROUTED:
+            try:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: leave the signals to Python
+                break
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def describe(self, trainer) -> dict:
         return {"signal": signal.Signals(self.signum).name, "signum": int(self.signum),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from relssl.config import Config
+from relssl.engine.optim import scaled_lr
 from relssl.engine.rundir import environment
 
 
@@ -19,6 +20,14 @@ def partial_results(cfg: Config, run_dir: Path, wall: float, **why) -> dict:
             "finished": False, **why, "wall_seconds": round(wall, 2), "environment": environment()}
 
 
+def batch_accounting(cfg: Config, processes: int) -> dict:
+    """The global batch, the batch per process, the processes and the lr after scaling, so that runs
+    on different numbers of devices compare."""
+    per, glob = cfg.optim.batch_size, cfg.optim.batch_size * processes
+    return {"batch": {"global": glob, "per_device": per, "processes": processes},
+            "lr": {"base": cfg.optim.lr, "scaling": cfg.optim.lr_scaling, "scaled": scaled_lr(cfg.optim, glob)}}
+
+
 def final_results(cfg: Config, run_dir: Path, trainer, uses_labels: bool, monitor, monitor_kind: str,
                   wall: float) -> dict:
     """The results of a finished run: steps, time, the monitor's first, last and best numbers and history."""
@@ -29,7 +38,7 @@ def final_results(cfg: Config, run_dir: Path, trainer, uses_labels: bool, monito
     return {
         "run_dir": str(run_dir), "method": cfg.method["name"], "dataset": cfg.data.dataset,
         "backbone": cfg.backbone.name, "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
-        "wall_seconds": round(wall, 2),
+        "wall_seconds": round(wall, 2), **batch_accounting(cfg, trainer.world_size),
         # a label-oracle control (plugins: [mask_false_negatives]) trains on class labels
         "uses_labels": uses_labels,
         "knn_init_top1": knn_init["top1"] if knn_init else None,

@@ -87,7 +87,7 @@ def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: st
 def _fit(cfg: Config, trainer: L.Trainer, module: PretrainModule, run_dir: Path, ckpt_path) -> float:
     """``trainer.fit`` with the run's stops: a non-finite loss (``stopped`` in ``results.json``, the
     error raised again) and SIGTERM / SIGINT (a resumable checkpoint, ``interrupted`` in
-    ``results.json``, :class:`RunInterrupted`). Returns the wall time of the fit."""
+    ``results.json``, :class:`RunInterrupted`; SIGINT and SIGUSR1 too). Returns the wall time of the fit."""
     t0 = time.perf_counter()
     stop = GracefulStop(trainer)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -13,6 +13,7 @@ from relssl.config import Config
 from relssl.engine.callbacks import LabelFreeProbe, RepresentationMonitor
 from relssl.engine.checkpoint import AtomicCheckpointIO
 from relssl.engine.loggers import build_loggers
+from relssl.engine.optim import scaled_lr
 from relssl.engine.setup import MONITOR_SELECTS
 from relssl.errors import TrainingError
 
@@ -60,9 +61,10 @@ def build_trainer(cfg: Config, run_dir: Path, monitor: RepresentationMonitor | N
         default_root_dir=run_dir, benchmark=accelerator == "gpu", deterministic=False,
         sync_batchnorm=sync_batchnorm,
     )
-    if trainer.world_size > 1:
-        log.info("world size %d (%d devices x %d nodes); global batch %d; sync_batchnorm %s", trainer.world_size,
-                 cfg.trainer.devices, cfg.trainer.num_nodes, cfg.optim.batch_size * trainer.world_size, sync_batchnorm)
+    glob = cfg.optim.batch_size * trainer.world_size
+    log.info("batch: global %d = %d per process x %d process(es) (%d devices x %d nodes); lr %g (%s scaling of %g); "
+             "sync_batchnorm %s", glob, cfg.optim.batch_size, trainer.world_size, cfg.trainer.devices,
+             cfg.trainer.num_nodes, scaled_lr(cfg.optim, glob), cfg.optim.lr_scaling, cfg.optim.lr, sync_batchnorm)
     return trainer, last_ckpt
 
 
