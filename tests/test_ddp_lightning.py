@@ -121,9 +121,10 @@ def test_mocov2_two_processes_end_to_end(moco_runs):
     assert out.count("run directory:") == 1  # one summary, from rank 0
     run = out_dir / "ref"
     check_run_dir(run, {"last.ckpt", "best.ckpt"})
-    assert f"world size {WORLD} (" in (run / "log.txt").read_text()
+    assert f"batch: global {WORLD * BATCH} = {BATCH} per process x {WORLD} process(es)" in (run / "log.txt").read_text()
 
     res = json.loads((run / "results.json").read_text())
+    assert res["batch"] == {"global": WORLD * BATCH, "per_device": BATCH, "processes": WORLD}
     steps = 2 * STEPS_PER_EPOCH  # the global batch is WORLD * BATCH
     assert res["steps"] == steps and res["epochs_done"] == 2
     assert isinstance(res["knn_last_top1"], float) and 0 < res["knn_last_top1"] <= 100
@@ -240,6 +241,97 @@ def test_mocov2_stop_then_resume_on_two_processes_equals_uninterrupted(moco_runs
     rb = json.loads((run / "results.json").read_text())
     assert rb["knn_init_top1"] == ra["knn_init_top1"]
     assert [h["top1"] for h in rb["knn_history"]] == [h["top1"] for h in ra["knn_history"]]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_launch_equals_the_lightning_launch(moco_runs, tmp_path):
+    """``torchrun --nproc_per_node=2 -m relssl pretrain ...`` (torchrun starts both processes; Lightning
+    finds its environment and launches nothing): one run directory, written once, and the weights,
+    queue and kNN history of the run Lightning launched itself, bit for bit."""
+    ref_dir = moco_runs[0] / "ref"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RELSSL_RUN_DIR", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "relssl", *MOCO, f"output_dir={tmp_path / 'runs'}", "name=ref"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(env, PYTHONUNBUFFERED="1"), start_new_session=True)
+    out = finish(proc)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ref"]
+    run = tmp_path / "runs" / "ref"
+    check_run_dir(run, {"last.ckpt", "best.ckpt"})
+    assert out.count("run directory:") == 1  # one summary, from rank 0
+    assert "TorchElasticEnvironment" in (run / "log.txt").read_text()
+    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
+    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref_dir, run))
+    assert [h["top1"] for h in rb["knn_history"]] == [h["top1"] for h in ra["knn_history"]]
+    assert rb["batch"] == ra["batch"] == {"global": WORLD * BATCH, "per_device": BATCH, "processes": WORLD}
+
+
+def test_simulated_slurm_launch_equals_the_lightning_launch(moco_runs, tmp_path):
+    """Two processes started with the variables ``srun`` sets for 2 tasks on one node: Lightning's
+    SLURM environment is detected (it says so in log.txt) and the run equals Lightning's own launch."""
+    ref_dir = moco_runs[0] / "ref"
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RELSSL_RUN_DIR", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")}
+    port = str(_free_port())
+    procs = []
+    for rank in range(WORLD):
+        env = dict(base, PYTHONUNBUFFERED="1", SLURM_NTASKS=str(WORLD), SLURM_NTASKS_PER_NODE=str(WORLD),
+                   SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_NNODES="1",
+                   SLURM_JOB_ID="4242", SLURM_JOB_NAME="relssl", SLURM_NODELIST="127.0.0.1",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, "-m", "relssl", *MOCO, f"output_dir={tmp_path / 'runs'}",
+                                       "name=ref"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=env, start_new_session=True))
+    outs = [finish(proc) for proc in procs]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ref"]
+    run = tmp_path / "runs" / "ref"
+    check_run_dir(run, {"last.ckpt", "best.ckpt"})
+    assert sum(out.count("run directory:") for out in outs) == 1
+    assert "SLURMEnvironment" in (run / "log.txt").read_text()
+    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
+    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_two_nodes_of_one_process_equal_one_node_of_two(moco_runs, tmp_path):
+    """``trainer.num_nodes=2 trainer.devices=1``, one process per "node" on this machine (``NODE_RANK``,
+    ``MASTER_ADDR=127.0.0.1``): one run directory written once (by node 0), and the weights of one
+    node with two processes."""
+    ref_dir = moco_runs[0] / "ref"
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RELSSL_RUN_DIR", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")}
+    port = str(_free_port())
+    args = [a for a in MOCO if not a.startswith("trainer.devices=")] + ["trainer.devices=1", "trainer.num_nodes=2"]
+    procs = [subprocess.Popen([sys.executable, "-m", "relssl", *args, f"output_dir={tmp_path / 'runs'}", "name=ref"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              env=dict(base, PYTHONUNBUFFERED="1", NODE_RANK=str(node), MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=port))
+             for node in range(2)]
+    outs = [finish(proc) for proc in procs]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ref"]
+    run = tmp_path / "runs" / "ref"
+    check_run_dir(run, {"last.ckpt", "best.ckpt"})
+    assert sum(out.count("run directory:") for out in outs) == 1
+    assert "(node rank 0 of 2)" in (run / "log.txt").read_text()
+    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
+    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
 def test_simclr_two_processes_one_epoch_skips_together(tmp_path):

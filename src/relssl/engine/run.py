@@ -6,6 +6,7 @@ directory (``engine/rundir.py``), builds the trainer (``engine/trainer.py``), tr
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -47,6 +48,8 @@ def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: st
     cfg = point.cfg if point is not None else cfg
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+        # Lightning's launchers set torch's threads to cores / local processes unless OMP_NUM_THREADS is set
+        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.threads)
     accelerator = resolve_accelerator(cfg)
     precision = resolve_precision(cfg, accelerator)
     sync_batchnorm = check_sync_batchnorm(cfg, accelerator)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from relssl.config import Config
 from relssl.engine.callbacks import LabelFreeProbe, RepresentationMonitor
@@ -51,17 +52,26 @@ def build_trainer(cfg: Config, run_dir: Path, monitor: RepresentationMonitor | N
         # refresh as often as the loggers write (trainer.log_every_n_steps), not every step
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps if accelerator == "gpu" else 1))
     loggers = build_loggers(cfg, run_dir)
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # relssl's own SIGUSR1 handling (a step checkpoint, exit 138: docs/distributed.md) instead of
+        # Lightning's, which would save a checkpoint of its own and requeue the job itself
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         precision=precision, max_epochs=cfg.optim.epochs,
         max_steps=cfg.optim.max_steps if cfg.optim.max_steps else -1,
-        logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        logger=loggers, callbacks=callbacks, plugins=plugins,
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=show_bar,
         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
         default_root_dir=run_dir, benchmark=accelerator == "gpu", deterministic=False,
         sync_batchnorm=sync_batchnorm,
     )
     glob = cfg.optim.batch_size * trainer.world_size
+    if trainer.world_size > 1:
+        env = trainer.strategy.cluster_environment
+        log.info("processes launched by %s (node rank %d of %d)", type(env).__name__, trainer.node_rank,
+                 cfg.trainer.num_nodes)
     log.info("batch: global %d = %d per process x %d process(es) (%d devices x %d nodes); lr %g (%s scaling of %g); "
              "sync_batchnorm %s", glob, cfg.optim.batch_size, trainer.world_size, cfg.trainer.devices,
              cfg.trainer.num_nodes, scaled_lr(cfg.optim, glob), cfg.optim.lr_scaling, cfg.optim.lr, sync_batchnorm)
