@@ -334,6 +334,51 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(moco_runs, tmp_path):
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
+def test_resume_on_one_process_of_a_two_process_run(moco_runs, tmp_path, capsys):
+    """A run with ``optim.global_batch_size=64`` on 2 processes stops after epoch 1 (a non-finite loss on
+    rank 1 in epoch 2) and is resumed with ``trainer.devices=1``: the global batch, the data order (the
+    sample indices the queue holds), the step counter and the lr at every step are those of the
+    uninterrupted 2-process run. The weights are not: one process draws the views of the whole batch
+    with one generator and normalises BatchNorm over 64 images instead of 2 x 32 (docs/distributed.md).
+    Without ``optim.global_batch_size`` the same resume is refused before any change."""
+    ref_dir = moco_runs[0] / "ref"
+    run = tmp_path / "runs" / "run"
+    args = [a for a in MOCO if not a.startswith("optim.batch_size=")] + [f"optim.global_batch_size={WORLD * BATCH}"]
+    proc = start(*args, f"output_dir={tmp_path / 'runs'}", "name=run",
+                 env_extra=nan_on_rank_1(tmp_path, "mocov2", "MoCoV2", (STEPS_PER_EPOCH + 1,)))
+    try:
+        proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        pytest.fail("the stopped run hung")
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
+
+    out = run_cli("pretrain", "--resume", str(run), "trainer.devices=1")
+    assert "GLOBAL_RANK: 1" not in out  # one process
+    res = json.loads((run / "results.json").read_text())
+    assert res["finished"] and res["steps"] == 2 * STEPS_PER_EPOCH
+    assert res["batch"] == {"global": WORLD * BATCH, "per_device": WORLD * BATCH, "processes": 1}
+    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
+    assert torch.equal(a["method.queue.bank_index"], b["method.queue.bank_index"])  # the same data order
+    assert int(b["method.queue.count"]) == 2 * STEPS_PER_EPOCH * WORLD * BATCH
+    lr = {r["step"]: float(r["lr"]) for r in read_metrics(run) if r.get("lr")}
+    lr_ref = {r["step"]: float(r["lr"]) for r in read_metrics(ref_dir) if r.get("lr")}
+    assert lr and all(lr[s] == pytest.approx(lr_ref[s]) for s in lr)
+
+    # per-process batch without a fixed global batch: refused, nothing changed
+    fixed = tmp_path / "runs2"
+    proc = start(*MOCO, f"output_dir={fixed}", "name=run", "optim.epochs=1", "trainer.knn_every=0",
+                 "trainer.knn_at_start=false")
+    finish(proc)
+    before = sorted(p.name for p in (fixed / "run").rglob("*"))
+    code = main(["pretrain", "--resume", str(fixed / "run"), "trainer.devices=1"])
+    assert code == 2
+    assert "the global batch would change from 64 to 32; start runs that may move between numbers of devices " \
+           "with optim.global_batch_size" in capsys.readouterr().err
+    assert sorted(p.name for p in (fixed / "run").rglob("*")) == before
+
+
 def test_simclr_two_processes_one_epoch_skips_together(tmp_path):
     """SimCLR (a loss over the gathered batch), kNN at the start and after the last epoch only, and
     ``trainer.nan_policy=skip`` with a non-finite loss on rank 1 only: both ranks skip those steps

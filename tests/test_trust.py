@@ -192,7 +192,8 @@ BAD = [
     # checkpoints and resume
     (["pretrain", "--resume", "{root}/noconfig"], "no config.yaml"),
     (["pretrain", "--resume", "{root}/runs/corrupt"], "is truncated, corrupt or not a relssl checkpoint"),
-    (["pretrain", "--resume", "{root}/runs/good", "optim.lr=1"], "do not pass overrides"),
+    (["pretrain", "--resume", "{root}/runs/good", "optim.lr=1"], "only trainer.* settings may change, got optim.lr=1"),
+    (["pretrain", "--resume", "{root}/runs/good", "fashion_mnist/simclr"], "pass no recipe with it"),
     (["eval", "knn", "{root}/nowhere"], "does not exist"),
     (["eval", "knn", "{root}/garbage.ckpt"], "is truncated, corrupt or not a relssl checkpoint"),
     (["eval", "knn", "{root}/runs/corrupt"], "is truncated, corrupt or not a relssl checkpoint"),

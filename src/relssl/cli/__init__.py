@@ -73,9 +73,11 @@ def cmd_pretrain(args) -> int:
     from relssl.engine import pretrain
 
     if args.resume:
-        if args.overrides or (args.config and "=" in args.config):
-            raise ConfigError("--resume continues a run with its saved config; do not pass overrides with it")
-        res = pretrain(None, resume=args.resume)
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        if any("=" not in o for o in overrides):
+            raise ConfigError("--resume continues a run with its saved config; pass no recipe with it (only "
+                              "trainer.* overrides, e.g. trainer.devices=1)")
+        res = pretrain(None, resume=args.resume, resume_overrides=overrides)
     else:
         if not args.config:
             raise ConfigError("pretrain needs a config: relssl pretrain fashion_mnist/mocov2 [key=value ...]")

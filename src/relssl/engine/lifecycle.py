@@ -159,6 +159,16 @@ def check_resumable(ckpt: dict, module, cfg_dict: dict, run_dir: Path, total_ste
     saved = ((ckpt.get("hyper_parameters") or {}).get("config")) or {}
     if saved:
         changed = [k for section in RESUME_FIXED for k in _differences(saved.get(section), cfg_dict.get(section), f"{section}.")]
+        was_opt, now_opt = saved.get("optim") or {}, cfg_dict.get("optim") or {}
+        t_was, t_now = saved.get("trainer") or {}, cfg_dict.get("trainer") or {}
+        g_was = was_opt.get("batch_size", 0) * t_was.get("devices", 1) * t_was.get("num_nodes", 1)
+        g_now = now_opt.get("batch_size", 0) * t_now.get("devices", 1) * t_now.get("num_nodes", 1)
+        if g_was != g_now:
+            raise ConfigError(f"cannot resume {run_dir} on {t_now.get('devices', 1) * t_now.get('num_nodes', 1)} "
+                              f"process(es): the global batch would change from {g_was} to {g_now}; start runs that "
+                              "may move between numbers of devices with optim.global_batch_size")
+        if "optim.batch_size" in changed:  # another number of processes, the same global batch
+            changed.remove("optim.batch_size")
         if changed:
             was, now = (saved.get("method") or {}).get("name"), (cfg_dict.get("method") or {}).get("name")
             what = (f"config.yaml says method {now} but the checkpoint is a {was} run" if was != now

@@ -37,14 +37,15 @@ log = logging.getLogger("relssl")
 
 
 def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: str | Path | None = None,
-             quiet: bool = False, extra_callbacks: list | None = None) -> dict:
+             quiet: bool = False, extra_callbacks: list | None = None, resume_overrides: list[str] | None = None) -> dict:
     """Pretrain ``cfg``'s method; returns the results dict (also written to ``results.json``).
 
     ``resume`` is a run directory (or a checkpoint file) of an interrupted run: its config is
-    used, and training continues from its last checkpoint. Everything is checked before the run
-    directory is created or changed.
+    used (``resume_overrides``: ``trainer.*`` changes, e.g. another number of devices), and training
+    continues from its last checkpoint. Everything is checked before the run directory is created
+    or changed.
     """
-    point = read_resume(resume) if resume is not None else None
+    point = read_resume(resume, resume_overrides) if resume is not None else None
     cfg = point.cfg if point is not None else cfg
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)

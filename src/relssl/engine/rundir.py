@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from relssl.config import Config, config_from_dict, dump_config, read_yaml
+from relssl.config import Config, apply_overrides, config_from_dict, dump_config, read_yaml
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.engine.lifecycle import RunLock
 from relssl.errors import ConfigError
@@ -39,8 +39,11 @@ class ResumePoint:
     cfg: Config
 
 
-def read_resume(resume: str | Path) -> ResumePoint:
-    """``--resume`` of a run directory or a checkpoint file, refused with one line before any work."""
+def read_resume(resume: str | Path, overrides: list[str] | None = None) -> ResumePoint:
+    """``--resume`` of a run directory or a checkpoint file, refused with one line before any work.
+
+    ``overrides``: ``trainer.*`` settings for the resumed process (another number of devices or
+    nodes, threads, loggers...); anything else would change the run and is refused."""
     resume = Path(resume)
     if resume.is_file():
         ckpt_path, run_dir = resume, resume.parent.parent
@@ -51,8 +54,13 @@ def read_resume(resume: str | Path) -> ResumePoint:
     if not ckpt_path.is_file():
         raise ConfigError(f"--resume {resume}: no checkpoint at {ckpt_path} (the run stopped before its first "
                           "checkpoint); start it again")
+    bad = [o for o in overrides or [] if not o.startswith("trainer.")]
+    if bad:
+        raise ConfigError(f"--resume continues a run with its saved config: only trainer.* settings may change, "
+                          f"got {bad[0]}")
     ckpt = load_checkpoint_file(ckpt_path)  # a corrupt checkpoint fails here, before anything is written
-    return ResumePoint(run_dir, ckpt_path, ckpt, config_from_dict(read_yaml(run_dir / "config.yaml")))
+    raw = apply_overrides(read_yaml(run_dir / "config.yaml"), list(overrides or []))
+    return ResumePoint(run_dir, ckpt_path, ckpt, config_from_dict(raw))
 
 
 def launched_as_rank_zero(cfg: Config) -> bool:
