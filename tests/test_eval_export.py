@@ -145,6 +145,7 @@ def _run(path, x):
 def test_onnx_features_equal_pytorch_at_any_batch_size(onnx_files, ours, resnet_run):
     """onnxruntime's features equal relssl's own (eval mode, the same images) within 1e-4 absolute
     (float32 kernels of two runtimes), for batches of 1, 5 and 12 (the batch axis is dynamic)."""
+    from relssl.augment import eval_batch
     from relssl.metrics.knn import extract_features
 
     (plain, meta), (folded, _) = onnx_files
@@ -152,9 +153,11 @@ def test_onnx_features_equal_pytorch_at_any_batch_size(onnx_files, ours, resnet_
     images = splits.test.images[:12]
     size, mean, std = meta["input_size"], meta["mean"], meta["std"]
     reference = extract_features(ours, images, size, mean, std, device="cpu", normalize=False)
-    assert images.shape[-1] == size  # Fashion-MNIST at its native 28 px: no resizing on either side
-    x01 = images.float() / 255.0
-    normed = (x01 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    # the model's inputs, resized to its input size as relssl's evaluation resizes: in [0, 1] for the
+    # folded model, normalised for the plain one
+    x01 = eval_batch(images, size, mean=[0.0], std=[1.0])
+    normed = eval_batch(images, size, mean, std)
+    assert x01.shape[-1] == size and 0.0 <= float(x01.min()) and float(x01.max()) <= 1.0
     for n in (1, 5, 12):
         torch.testing.assert_close(_run(plain, normed[:n]), reference[:n], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(_run(folded, x01[:n]), torch.nn.functional.normalize(reference[:n], dim=1),
