@@ -379,6 +379,40 @@ def test_resume_on_one_process_of_a_two_process_run(moco_runs, tmp_path, capsys)
     assert sorted(p.name for p in (fixed / "run").rglob("*")) == before
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
+def test_signal_to_a_two_process_run_then_resume_equals_uninterrupted(sig, code, moco_runs, tmp_path):
+    """The scheduler signals every process of the job (here: the process group) mid-epoch 2: both ranks
+    stop together at a step boundary, rank 0 writes one resumable checkpoint of that step, the
+    command exits with 128 + the signal, and ``--resume`` on 2 processes ends with the weights of the
+    uninterrupted run, bit for bit."""
+    ref_dir = moco_runs[0] / "ref"
+    run = tmp_path / "runs" / "run"
+    proc = start(*MOCO, f"output_dir={tmp_path / 'runs'}", "name=run")
+    t0 = time.time()
+    while time.time() - t0 < TIMEOUT:
+        rows = read_metrics(run) if (run / "metrics.csv").is_file() else []
+        if any(r.get("loss") and int(r["step"]) >= STEPS_PER_EPOCH + 2 for r in rows):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        pytest.fail(f"the signalled run hung; output tail:\n{proc.communicate()[0][-3000:]}")
+    assert proc.returncode == code, out[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    stopped = results["interrupted"]["step"]
+    assert results["interrupted"]["signal"] == signal.Signals(sig).name and STEPS_PER_EPOCH < stopped < 2 * STEPS_PER_EPOCH
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == stopped
+    run_cli("pretrain", "--resume", str(run))
+    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
+    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
 def test_simclr_two_processes_one_epoch_skips_together(tmp_path):
     """SimCLR (a loss over the gathered batch), kNN at the start and after the last epoch only, and
     ``trainer.nan_policy=skip`` with a non-finite loss on rank 1 only: both ranks skip those steps

@@ -85,39 +85,62 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class GracefulStop:
-    """SIGTERM, SIGINT and SIGUSR1 during ``fit`` end the run at the next step boundary.
+    """SIGTERM, SIGINT and SIGUSR1 end the run at a step boundary, on every process at the same step.
 
-    Lightning already turns SIGTERM into a stop after the current step (``SIGTERMException``,
-    broadcast to every rank under DDP); SIGINT (Ctrl-C) and SIGUSR1 (what SLURM sends before a
-    time limit with ``#SBATCH --signal=USR1@90``) are routed the same way, instead of Lightning's
-    KeyboardInterrupt (no checkpoint of the steps since the last one) or the process's default
-    (killed). Used as a context manager around ``trainer.fit``; remembers which signal came.
+    Used as a context manager around ``trainer.fit`` (signals before training starts) and as the
+    callback that owns the signals while it trains: their handlers only record the signal (and
+    forward it to the processes Lightning launched, as Lightning does for SIGTERM); after every
+    step the processes agree whether any of them got one (an all-reduce of one flag, under DDP
+    only), and all of them then stop after that same step, where :class:`InterruptCheckpoint`
+    writes the checkpoint. Lightning's own SIGTERM handler runs a collective inside the signal
+    handler, which hangs a job whose processes are all signalled (as SLURM does) at different
+    moments: it is replaced while training. SIGUSR1 is what SLURM sends before a time limit with
+    ``#SBATCH --signal=USR1@90``; a second Ctrl-C while stopping stops at once.
     """
 
-    ROUTED = (signal.SIGINT, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self, trainer) -> None:
-        self.trainer, self.signum, self._previous = trainer, signal.SIGTERM, {}
+        self.trainer, self.signum, self.pending, self._previous = trainer, signal.SIGTERM, None, {}
 
     def _on_signal(self, signum, frame) -> None:
-        if self.trainer.received_sigterm and signum == signal.SIGINT:  # a second Ctrl-C while stopping: now
+        if self.pending is not None and signum == signal.SIGINT:  # a second Ctrl-C while stopping: now
             raise KeyboardInterrupt
-        if not self.trainer.received_sigterm:
-            self.signum = signum
-        self.trainer._signal_connector.received_sigterm = True
+        if self.pending is None:
+            self.pending = self.signum = signum
+            launcher = getattr(self.trainer.strategy, "launcher", None)
+            if signum != signal.SIGINT and launcher is not None:  # (Ctrl-C reaches the whole process group)
+                launcher.kill(signum)
+        if not (self.trainer.world_size > 1):  # one process: stop after this step (Lightning's flag)
+            self.trainer._signal_connector.received_sigterm = True
 
-    def __enter__(self):
-        for sig in self.ROUTED:
+    def install(self) -> None:
+        for sig in self.SIGNALS:
             try:
-                self._previous[sig] = signal.signal(sig, self._on_signal)
+                previous = signal.signal(sig, self._on_signal)
             except ValueError:  # not the main thread: leave the signals to Python
-                break
-        return self
+                return
+            self._previous.setdefault(sig, previous)
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
+
+    def agree(self) -> None:
+        """After a step: every process stops after it if any process got a signal (one all-reduce)."""
+        stop = self.pending is not None
+        if self.trainer.world_size > 1:
+            stop = self.trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.trainer._signal_connector.received_sigterm = True
+
+    def __enter__(self):
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def describe(self, trainer) -> dict:
         return {"signal": signal.Signals(self.signum).name, "signum": int(self.signum),
@@ -125,11 +148,18 @@ class GracefulStop:
 
 
 class InterruptCheckpoint(L.Callback):
-    """On a stop by signal, write ``last.ckpt`` at the step where training stopped (resumable
+    """While training, :class:`GracefulStop` owns the signals (Lightning registers its own when fit
+    starts); on a stop by signal, write ``last.ckpt`` at the step where training stopped (resumable
     mid-epoch: the module records how many batches of the epoch were trained)."""
 
     def __init__(self, path: Path, stop: GracefulStop) -> None:
         self.path, self.stop = path, stop
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.stop.install()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.stop.agree()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, SIGTERMException):
