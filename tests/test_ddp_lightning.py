@@ -243,6 +243,22 @@ def test_mocov2_stop_then_resume_on_two_processes_equals_uninterrupted(moco_runs
     assert [h["top1"] for h in rb["knn_history"]] == [h["top1"] for h in ra["knn_history"]]
 
 
+def _launch_env(**extra) -> dict:
+    """This environment without any launcher's rank variables, plus ``extra``."""
+    keep = {k: v for k, v in os.environ.items()
+            if k not in ("RELSSL_RUN_DIR", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")}
+    return dict(keep, PYTHONUNBUFFERED="1", **extra)
+
+
+def assert_same_weights(ref_dir: Path, run: Path) -> None:
+    """``run`` ended with every tensor of ``ref_dir``'s last checkpoint (weights, teachers, queue), bit for bit."""
+    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
+    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
 def _free_port() -> int:
     import socket
 
@@ -256,23 +272,17 @@ def test_torchrun_launch_equals_the_lightning_launch(moco_runs, tmp_path):
     finds its environment and launches nothing): one run directory, written once, and the weights,
     queue and kNN history of the run Lightning launched itself, bit for bit."""
     ref_dir = moco_runs[0] / "ref"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RELSSL_RUN_DIR", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "relssl", *MOCO, f"output_dir={tmp_path / 'runs'}", "name=ref"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(env, PYTHONUNBUFFERED="1"), start_new_session=True)
+                            env=_launch_env(), start_new_session=True)
     out = finish(proc)
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ref"]
     run = tmp_path / "runs" / "ref"
     check_run_dir(run, {"last.ckpt", "best.ckpt"})
     assert out.count("run directory:") == 1  # one summary, from rank 0
     assert "TorchElasticEnvironment" in (run / "log.txt").read_text()
-    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
-    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert_same_weights(ref_dir, run)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref_dir, run))
     assert [h["top1"] for h in rb["knn_history"]] == [h["top1"] for h in ra["knn_history"]]
     assert rb["batch"] == ra["batch"] == {"global": WORLD * BATCH, "per_device": BATCH, "processes": WORLD}
@@ -282,12 +292,10 @@ def test_simulated_slurm_launch_equals_the_lightning_launch(moco_runs, tmp_path)
     """Two processes started with the variables ``srun`` sets for 2 tasks on one node: Lightning's
     SLURM environment is detected (it says so in log.txt) and the run equals Lightning's own launch."""
     ref_dir = moco_runs[0] / "ref"
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("RELSSL_RUN_DIR", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")}
     port = str(_free_port())
     procs = []
     for rank in range(WORLD):
-        env = dict(base, PYTHONUNBUFFERED="1", SLURM_NTASKS=str(WORLD), SLURM_NTASKS_PER_NODE=str(WORLD),
+        env = _launch_env(SLURM_NTASKS=str(WORLD), SLURM_NTASKS_PER_NODE=str(WORLD),
                    SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_NNODES="1",
                    SLURM_JOB_ID="4242", SLURM_JOB_NAME="relssl", SLURM_NODELIST="127.0.0.1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
@@ -300,11 +308,7 @@ def test_simulated_slurm_launch_equals_the_lightning_launch(moco_runs, tmp_path)
     check_run_dir(run, {"last.ckpt", "best.ckpt"})
     assert sum(out.count("run directory:") for out in outs) == 1
     assert "SLURMEnvironment" in (run / "log.txt").read_text()
-    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
-    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert_same_weights(ref_dir, run)
 
 
 def test_two_nodes_of_one_process_equal_one_node_of_two(moco_runs, tmp_path):
@@ -312,14 +316,11 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(moco_runs, tmp_path):
     ``MASTER_ADDR=127.0.0.1``): one run directory written once (by node 0), and the weights of one
     node with two processes."""
     ref_dir = moco_runs[0] / "ref"
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("RELSSL_RUN_DIR", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE")}
     port = str(_free_port())
     args = [a for a in MOCO if not a.startswith("trainer.devices=")] + ["trainer.devices=1", "trainer.num_nodes=2"]
     procs = [subprocess.Popen([sys.executable, "-m", "relssl", *args, f"output_dir={tmp_path / 'runs'}", "name=ref"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                              env=dict(base, PYTHONUNBUFFERED="1", NODE_RANK=str(node), MASTER_ADDR="127.0.0.1",
-                                       MASTER_PORT=port))
+                              env=_launch_env(NODE_RANK=str(node), MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
              for node in range(2)]
     outs = [finish(proc) for proc in procs]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ref"]
@@ -327,11 +328,7 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(moco_runs, tmp_path):
     check_run_dir(run, {"last.ckpt", "best.ckpt"})
     assert sum(out.count("run directory:") for out in outs) == 1
     assert "(node rank 0 of 2)" in (run / "log.txt").read_text()
-    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
-    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert_same_weights(ref_dir, run)
 
 
 def test_resume_on_one_process_of_a_two_process_run(moco_runs, tmp_path, capsys):
@@ -406,11 +403,7 @@ def test_signal_to_a_two_process_run_then_resume_equals_uninterrupted(sig, code,
     assert results["interrupted"]["signal"] == signal.Signals(sig).name and STEPS_PER_EPOCH < stopped < 2 * STEPS_PER_EPOCH
     assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["global_step"] == stopped
     run_cli("pretrain", "--resume", str(run))
-    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")
-    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert_same_weights(ref_dir, run)
 
 
 def test_simclr_two_processes_one_epoch_skips_together(tmp_path):
