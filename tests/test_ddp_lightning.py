@@ -406,6 +406,39 @@ def test_signal_to_a_two_process_run_then_resume_equals_uninterrupted(sig, code,
     assert_same_weights(ref_dir, run)
 
 
+def test_resume_on_two_processes_of_a_one_process_run(moco_runs, tmp_path):
+    """The reverse move: a one-process run with ``optim.global_batch_size=64`` stopped mid-epoch 2 by
+    SIGTERM, resumed with ``trainer.devices=2``: the same global batch, data order, step counter and
+    lr at every step as the uninterrupted 2-process run."""
+    ref_dir = moco_runs[0] / "ref"
+    run = tmp_path / "runs" / "run"
+    one = [a for a in MOCO if not a.startswith(("optim.batch_size=", "trainer.devices="))]
+    proc = start(*one, "trainer.devices=1", f"optim.global_batch_size={WORLD * BATCH}", f"output_dir={tmp_path / 'runs'}",
+                 "name=run")
+    t0 = time.time()
+    while time.time() - t0 < TIMEOUT:
+        rows = read_metrics(run) if (run / "metrics.csv").is_file() else []
+        if any(r.get("loss") and int(r["step"]) >= STEPS_PER_EPOCH + 2 for r in rows):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143
+    stopped = json.loads((run / "results.json").read_text())["interrupted"]["step"]
+    assert STEPS_PER_EPOCH < stopped < 2 * STEPS_PER_EPOCH
+    out = run_cli("pretrain", "--resume", str(run), f"trainer.devices={WORLD}")
+    assert f"GLOBAL_RANK: 1, MEMBER: 2/{WORLD}" in out
+    res = json.loads((run / "results.json").read_text())
+    assert res["finished"] and res["steps"] == 2 * STEPS_PER_EPOCH
+    assert res["batch"] == {"global": WORLD * BATCH, "per_device": BATCH, "processes": WORLD}
+    a = load_checkpoint_file(ref_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    b = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
+    assert torch.equal(a["method.queue.bank_index"], b["method.queue.bank_index"])
+    lr = {r["step"]: float(r["lr"]) for r in read_metrics(run) if r.get("lr")}
+    lr_ref = {r["step"]: float(r["lr"]) for r in read_metrics(ref_dir) if r.get("lr")}
+    assert len(lr) == 2 * STEPS_PER_EPOCH and all(lr[s] == pytest.approx(lr_ref[s]) for s in lr)
+
+
 def test_simclr_two_processes_one_epoch_skips_together(tmp_path):
     """SimCLR (a loss over the gathered batch), kNN at the start and after the last epoch only, and
     ``trainer.nan_policy=skip`` with a non-finite loss on rank 1 only: both ranks skip those steps
