@@ -259,6 +259,18 @@ def assert_same_weights(ref_dir: Path, run: Path) -> None:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
+def check_launched_run(procs, runs: Path, ref_dir: Path, log_says: str) -> None:
+    """Processes launched by hand made one run directory, wrote it once (one summary), logged
+    ``log_says`` and ended with the reference run's weights."""
+    outs = [finish(proc) for proc in procs]
+    assert [p.name for p in runs.iterdir()] == ["ref"]
+    run = runs / "ref"
+    check_run_dir(run, {"last.ckpt", "best.ckpt"})
+    assert sum(out.count("run directory:") for out in outs) == 1
+    assert log_says in (run / "log.txt").read_text()
+    assert_same_weights(ref_dir, run)
+
+
 def _free_port() -> int:
     import socket
 
@@ -302,13 +314,7 @@ def test_simulated_slurm_launch_equals_the_lightning_launch(moco_runs, tmp_path)
         procs.append(subprocess.Popen([sys.executable, "-m", "relssl", *MOCO, f"output_dir={tmp_path / 'runs'}",
                                        "name=ref"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=env, start_new_session=True))
-    outs = [finish(proc) for proc in procs]
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ref"]
-    run = tmp_path / "runs" / "ref"
-    check_run_dir(run, {"last.ckpt", "best.ckpt"})
-    assert sum(out.count("run directory:") for out in outs) == 1
-    assert "SLURMEnvironment" in (run / "log.txt").read_text()
-    assert_same_weights(ref_dir, run)
+    check_launched_run(procs, tmp_path / "runs", ref_dir, "SLURMEnvironment")
 
 
 def test_two_nodes_of_one_process_equal_one_node_of_two(moco_runs, tmp_path):
@@ -322,13 +328,7 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(moco_runs, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                               env=_launch_env(NODE_RANK=str(node), MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
              for node in range(2)]
-    outs = [finish(proc) for proc in procs]
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ref"]
-    run = tmp_path / "runs" / "ref"
-    check_run_dir(run, {"last.ckpt", "best.ckpt"})
-    assert sum(out.count("run directory:") for out in outs) == 1
-    assert "(node rank 0 of 2)" in (run / "log.txt").read_text()
-    assert_same_weights(ref_dir, run)
+    check_launched_run(procs, tmp_path / "runs", ref_dir, "(node rank 0 of 2)")
 
 
 def test_resume_on_one_process_of_a_two_process_run(moco_runs, tmp_path, capsys):
