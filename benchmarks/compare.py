@@ -195,7 +195,7 @@ def shared_overrides(p: Preset, seed: int, accelerator: str) -> list[str]:
         f"data.crop_size={p.crop_size}", f"data.subset={v(p.subset)}",
         f"data.bank_subset={v(p.monitor_bank)}", f"data.test_subset={v(p.monitor_test)}",
         f"backbone.name={p.backbone}", "backbone.cifar_stem=true", "backbone.maxpool=false",
-        f"backbone.bn_splits={p.bn_splits}", "backbone.pretrained=null",
+        f"backbone.bn_splits={p.bn_splits}", "backbone.weights=null",
         "optim.name=sgd", "optim.momentum=0.9", "optim.nesterov=false", "optim.weight_decay=0.0005",
         "optim.exclude_bn_bias=false", "optim.lr_scaling=linear", "optim.min_lr=0.0", "optim.max_steps=null",
         f"optim.batch_size={p.batch_size}", f"optim.epochs={p.epochs}", f"optim.warmup_epochs={p.warmup_epochs}",

@@ -3,6 +3,8 @@
     python benchmarks/throughput.py                       # every method, ResNet-18, batch 512 (GPU)
     python benchmarks/throughput.py --backbone convnet --batch 256 --steps 20   # a CPU smoke run
     python benchmarks/throughput.py --save                # also write benchmarks/results/*.json
+    python benchmarks/throughput.py --backbone timm:vit_tiny_patch16_224 --methods simclr   # any backbone name;
+        # a timm ViT is sized for --size (patch 4 at 32 px); --backbone-kwargs '{depth: 6}' sets its constructor's
 
 Ceiling: the same backbone and batch on random device-resident float data with no augmentation
 and no loss: two student forward+backward passes and two teacher forward passes per image plus
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -40,8 +43,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, steps: int, warmup: int) -> float:
-    student, _ = build_backbone(backbone_name, in_channels=3, cifar_stem=True)
+def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, steps: int, warmup: int,
+            kwargs: dict | None = None) -> float:
+    student, _ = build_backbone(backbone_name, in_channels=3, cifar_stem=True, kwargs=kwargs, image_size=size)
     student.to(device)
     teacher = make_teacher(student).to(device)
     cl = device.type == "cuda"
@@ -89,8 +93,8 @@ class Timer(L.Callback):
 
 
 def method_rate(method: str, backbone_name: str, batch: int, size: int, device: torch.device, steps: int,
-                warmup: int, data: DatasetSplits) -> tuple[float, float]:
-    raw = {"method": {"name": method}, "backbone": {"name": backbone_name, "bn_splits": 1},
+                warmup: int, data: DatasetSplits, kwargs: dict | None = None) -> tuple[float, float]:
+    raw = {"method": {"name": method}, "backbone": {"name": backbone_name, "bn_splits": 1, "kwargs": kwargs or {}},
            "data": {"crop_size": size},
            "optim": {"batch_size": batch, "epochs": 10, "warmup_epochs": 0, "max_steps": warmup + steps},
            "trainer": {"knn_every": 0, "knn_at_start": False, "progress_bar": False}}
@@ -119,7 +123,8 @@ def method_rate(method: str, backbone_name: str, batch: int, size: int, device: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--backbone", default="resnet18", help="any backbone.name (resnet18, timm:<model>, ...)")
+    ap.add_argument("--backbone-kwargs", default="{}", help="backbone.kwargs as YAML, e.g. '{depth: 6}'")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=50)
@@ -127,6 +132,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20000, help="device-resident random uint8 images (3x32x32)")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
+    kwargs = yaml.safe_load(args.backbone_kwargs) or {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     g = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8, generator=g)
@@ -134,21 +140,24 @@ def main() -> None:
                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     ds = ImageDataset(imgs, torch.randint(0, 10, (args.images,), generator=g))
     data = DatasetSplits(info=info, pretrain=ds, bank=ds, test=ds)
-    ceil = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup)
+    ceil = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup, kwargs)
     rows = []
-    print(f"device {environment()['device']}; backbone {args.backbone}; batch {args.batch}; {args.size}x{args.size}")
+    print(f"device {environment()['device']}; backbone {args.backbone} {kwargs or ''}; batch {args.batch}; "
+          f"{args.size}x{args.size}")
     print(f"{'':12s} {'images/s':>10s} {'of ceiling':>10s} {'peak GiB':>9s}")
     print(f"{'ceiling':12s} {ceil:10.0f} {1.0:10.2f}")
     for m in args.methods:
-        rate, peak = method_rate(m, args.backbone, args.batch, args.size, device, args.steps, args.warmup, data)
+        rate, peak = method_rate(m, args.backbone, args.batch, args.size, device, args.steps, args.warmup, data, kwargs)
         rows.append({"method": m, "images_per_s": round(rate, 1), "ratio": round(rate / ceil, 3),
                      "peak_gib": None if peak != peak else round(peak, 2)})
         print(f"{m:12s} {rate:10.0f} {rate / ceil:10.2f} {peak:9.2f}")
     if args.save:
         env = environment()
         out = Path(__file__).parent / "results" / (
-            f"throughput_{'cuda' if device.type == 'cuda' else 'cpu'}_{args.backbone}_{datetime.now():%Y%m%d}.json")
+            f"throughput_{'cuda' if device.type == 'cuda' else 'cpu'}_{args.backbone.replace(':', '-')}"
+            f"{'-' + '-'.join(f'{k}{v}' for k, v in kwargs.items()) if kwargs else ''}_{datetime.now():%Y%m%d}.json")
         out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "backbone": args.backbone,
+                                   "backbone_kwargs": kwargs,
                                    "batch": args.batch, "size": args.size, "steps": args.steps,
                                    "ceiling_images_per_s": round(ceil, 1), "methods": rows, "environment": env},
                                   indent=2))

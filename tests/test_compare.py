@@ -51,7 +51,7 @@ def test_shared_budget_overrides_recipe_but_keeps_method_lr(compare, tmp_path):
     for name, cfg in cfgs.items():
         assert (cfg.backbone.name, cfg.backbone.cifar_stem, cfg.backbone.bn_splits) == ("resnet18", True, 8)
         assert (cfg.optim.name, cfg.optim.batch_size, cfg.optim.epochs) == ("sgd", 512, 10)
-        assert cfg.optim.warmup_epochs == 1.0 and cfg.backbone.pretrained is None
+        assert cfg.optim.warmup_epochs == 1.0 and cfg.backbone.weights is None
         assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.lr_scaling) == (0.9, 5e-4, "linear")
         assert cfg.data.crop_size == 32 and cfg.data.subset is None and cfg.seed == 1
         recipe = compare.read_yaml(compare.resolve_recipe(compare.recipe_name(name)))

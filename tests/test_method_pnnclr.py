@@ -81,7 +81,7 @@ def test_registered_structure_and_recipes():
     assert not any(p.requires_grad for p in m.teacher.parameters())
     for ds in ("fashion_mnist", "cifar10", "cifar100", "stl10", "tiny_imagenet", "medmnist"):
         cfg = load_config(resolve_recipe(f"{ds}/pnnclr"))
-        assert cfg.method["name"] == "pnnclr" and cfg.backbone.pretrained is None
+        assert cfg.method["name"] == "pnnclr" and cfg.backbone.weights is None
         assert cfg.method["t"] == 0.95 and cfg.method["momentum"] == 0.99 and cfg.method["reduction"] == "mean"
         assert cfg.data.crop_size == (64 if ds in ("stl10", "tiny_imagenet") else 32)
 

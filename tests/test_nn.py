@@ -21,7 +21,7 @@ from relssl.nn import (
     ema_update,
     gather_no_grad,
     gather_with_grad,
-    load_torchvision_weights,
+    load_weights,
     make_teacher,
     mlp,
     moco_head,
@@ -99,7 +99,7 @@ def test_backbone_bn_splits_and_state_dict_is_torchvision_compatible():
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
 
 
-def test_load_torchvision_weights(tmp_path):
+def test_load_weights_torchvision_layout(tmp_path):
     import torchvision
 
     torch.manual_seed(0)
@@ -107,12 +107,12 @@ def test_load_torchvision_weights(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(tv.state_dict(), path)
     net, _ = build_backbone("resnet18", cifar_stem=False, maxpool=True)
-    load_torchvision_weights(net, path)
+    load_weights(net, path, head="fc")
     assert torch.equal(net.conv1.weight, tv.conv1.weight)
     assert torch.equal(net.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
     cifar, _ = build_backbone("resnet18")
     with pytest.raises(ValueError, match="conv1.weight"):
-        load_torchvision_weights(cifar, path)
+        load_weights(cifar, path, head="fc")
 
 
 def test_convnet_tiny_trains_on_cpu():

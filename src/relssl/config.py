@@ -25,7 +25,7 @@ from relssl.data import DatasetSplits, load_dataset
 from relssl.errors import ConfigError
 from relssl.methods import METHODS, method_config
 from relssl.methods.plugins import plugins_config
-from relssl.nn import BACKBONES, build_backbone, load_torchvision_weights
+from relssl.nn import Backbone, check_backbone_name, load_weights, make_backbone
 from relssl.schema import build_dataclass
 
 
@@ -93,30 +93,48 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
+    # a built-in (resnet18/34/50, convnet, convnet_tiny, convnet_grid), torchvision:<model>, timm:<model>,
+    # a name registered with relssl.nn.register_backbone, or package.module:factory (docs/backbones.md)
     name: str = "resnet18"
-    cifar_stem: bool = True  # 3x3 stride-1 first convolution
-    maxpool: bool | None = None  # None: the dataset's default (kept for 64-px datasets)
+    kwargs: dict = field(default_factory=dict)  # the model constructor's keyword arguments (torchvision / timm / factory)
+    cifar_stem: bool = True  # ResNet-like models: 3x3 stride-1 first convolution
+    maxpool: bool | None = None  # ResNet-like models; None: the dataset's default (kept for 64-px datasets)
     bn_splits: int = 1  # SplitBatchNorm groups (8 in the small-data recipe, docs/methods/small-data-recipe.md)
     channels_last: bool = True  # on GPU only
-    pretrained: str | None = None  # path to a torchvision state dict to start from (default: random init)
+    weights: str | None = None  # a local .safetensors / .pth state dict to start from (default: random init)
+    pretrained: str | None = None  # the former name of `weights` (read when `weights` is unset)
 
     def validate(self) -> None:
-        if self.name not in BACKBONES:
-            raise ConfigError(f"backbone.name must be one of {', '.join(BACKBONES)}; got {self.name!r}")
+        try:
+            check_backbone_name(self.name)
+        except ValueError as err:
+            raise ConfigError(f"backbone.name: {err}") from None
+        if not isinstance(self.kwargs, dict):
+            raise ConfigError(f"backbone.kwargs must be a mapping of constructor arguments, got {self.kwargs!r}")
         if self.bn_splits < 1:
             raise ConfigError(f"backbone.bn_splits must be >= 1, got {self.bn_splits}")
+        if self.weights and self.pretrained and self.weights != self.pretrained:
+            raise ConfigError("backbone.weights and backbone.pretrained (its former name) name different files; set only "
+                              "backbone.weights")
+        if self.weights is None and self.pretrained:
+            self.weights = self.pretrained
+        self.pretrained = None  # (the file is read when the backbone is built, before the run directory exists)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | lars
+    name: str = "sgd"  # sgd | lars | adamw
     lr: float = 0.06
     lr_scaling: str = "none"  # none | linear (lr * batch / 256) | sqrt (lr * sqrt(batch))
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    exclude_bn_bias: bool = False  # no weight decay (and no LARS adaptation) on norm weights and biases
+    # no weight decay (and no LARS adaptation) on norm weights, biases, and the parameters a model names in
+    # its no_weight_decay() (a ViT's position embedding and class token)
+    exclude_bn_bias: bool = False
     lars_eta: float = 0.001  # LARS trust coefficient
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # AdamW
+    grad_clip: float | None = None  # clip the gradients' global norm to this (ViT recipes), none by default
     batch_size: int = 256  # per process
     # the batch over all processes: when set, batch_size is derived from it (global / processes), so a
     # run keeps its global batch on any number of devices; refused if the processes do not divide it
@@ -127,8 +145,13 @@ class OptimConfig:
     max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
 
     def validate(self) -> None:
-        if self.name not in ("sgd", "lars"):
-            raise ConfigError(f"optim.name must be one of sgd, lars; got {self.name!r}")
+        if self.name not in ("sgd", "lars", "adamw"):
+            raise ConfigError(f"optim.name must be one of sgd, lars, adamw; got {self.name!r}")
+        if (not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.lr_scaling not in ("none", "linear", "sqrt"):
             raise ConfigError(f"optim.lr_scaling must be one of none, linear, sqrt; got {self.lr_scaling!r}")
         if self.lr <= 0:
@@ -336,8 +359,24 @@ def config_from_dict(raw: dict) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    raw = read_yaml(path) if path else {}
+def merge_sections(base: dict, extra: dict) -> dict:
+    """``extra`` laid over ``base``: mappings merged key by key (recursively), anything else replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_sections(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | list | None = None, overrides: list[str] | None = None) -> Config:
+    """The config of one YAML file, or of several laid over each other in order (a method recipe, then
+    a backbone recipe such as ``backbones/vit_tiny``), then the ``key=value`` overrides."""
+    paths = path if isinstance(path, (list, tuple)) else ([path] if path else [])
+    raw: dict = {}
+    for p in paths:
+        raw = merge_sections(raw, read_yaml(p))
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw)
 
@@ -359,7 +398,11 @@ def dump_config(cfg: Config) -> str:
 # (here, so that the engine, the evaluation and the CLI all reach them without importing each other)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-"""The packaged recipes: ``<dataset>/<method>.yaml``."""
+"""The packaged recipes: ``<dataset>/<method>.yaml``, and ``backbones/<name>.yaml``: backbone recipes laid
+over a method recipe (``relssl pretrain cifar10/simclr backbones/vit_tiny``)."""
+
+OVERLAY_DIRS = ("backbones",)
+"""Packaged recipe folders whose files only complete another recipe."""
 
 
 def list_recipes() -> list[str]:
@@ -379,6 +422,15 @@ def resolve_recipe(name: str | Path) -> Path:
     raise ConfigError(f"no config file {name!r}; pass a YAML path or a packaged recipe ({', '.join(list_recipes())})")
 
 
+def resolve_recipes(names: list) -> list[Path]:
+    """Several recipes to lay over each other; a backbone recipe alone is refused (it names no method or data)."""
+    paths = [resolve_recipe(n) for n in names]
+    if paths and all(p.parent.name in OVERLAY_DIRS and p.parent.parent == CONFIG_DIR for p in paths):
+        raise ConfigError(f"{names[0]} is a backbone recipe: lay it over a method recipe, e.g. "
+                          f"relssl pretrain cifar10/simclr {names[0]}")
+    return paths
+
+
 def load_data(cfg: Config) -> DatasetSplits:
     """The dataset a config names, with its size, memory limit and loader options."""
     d = cfg.data
@@ -396,16 +448,28 @@ def eval_image_size(cfg: Config, info) -> int:
     return native if native >= crop else crop
 
 
-def build_backbone_from_config(cfg: Config, channels: int, maxpool_default: bool, pretrained: bool = True):
-    """The backbone of ``cfg.backbone`` for images of ``channels`` channels -> (module, feature dim).
+def build_backbone_from_config(cfg: Config, channels: int, maxpool_default: bool, weights: bool = True,
+                               sizes: tuple[int, int] | None = None, module=None) -> Backbone:
+    """The backbone of ``cfg.backbone`` for images of ``channels`` channels (a :class:`relssl.nn.Backbone`).
 
-    ``maxpool_default``: the dataset's choice when ``backbone.maxpool`` is unset. ``pretrained``:
-    load ``backbone.pretrained`` if set (evaluation rebuilds without it: its weights come from the
-    checkpoint)."""
+    ``maxpool_default``: the dataset's choice when ``backbone.maxpool`` is unset. ``weights``:
+    load ``backbone.weights`` if set (evaluation rebuilds without it: its weights come from the
+    checkpoint). ``sizes``: (crop, evaluation size): the model is sized for and run on them, so
+    that a size it cannot take fails here, in one line. ``module``: the user's own module."""
     b = cfg.backbone
     maxpool = maxpool_default if b.maxpool is None else b.maxpool
-    backbone, feat_dim = build_backbone(b.name, in_channels=channels, cifar_stem=b.cifar_stem,
-                                        maxpool=maxpool, bn_splits=b.bn_splits)
-    if pretrained and b.pretrained:
-        load_torchvision_weights(backbone, b.pretrained)
-    return backbone, feat_dim
+    crop, eval_size = sizes if sizes is not None else (None, None)
+    try:
+        built = make_backbone(b.name, in_channels=channels, cifar_stem=b.cifar_stem, maxpool=maxpool,
+                              bn_splits=b.bn_splits, kwargs=b.kwargs, image_size=crop, eval_size=eval_size,
+                              module=module)
+        if weights and b.weights:
+            load_weights(built.module, b.weights, built.spec.get("head"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return built
+
+
+def backbone_sizes(cfg: Config, info) -> tuple[int, int]:
+    """(training crop, evaluation size) of ``cfg`` on a dataset of ``info``."""
+    return cfg.data.crop_size or info.crop_size, eval_image_size(cfg, info)

@@ -20,13 +20,15 @@ def _epilog() -> str:
     from relssl.data import DATASETS
     from relssl.methods import METHODS
     from relssl.methods.plugins import PLUGINS, hosts_of
-    from relssl.nn import BACKBONES
+    from relssl.nn import BACKBONE_FACTORIES, BACKBONES
 
     plugins = ", ".join(f"{name} (on {'/'.join(hosts_of(cls))})" for name, cls in PLUGINS.items())
     return (f"methods:   {', '.join(METHODS)}\n"
             f"plugins:   {plugins}\n"
             f"datasets:  {', '.join(DATASETS)}\n"
-            f"backbones: {', '.join(BACKBONES)}\n"
+            f"backbones: {', '.join(BACKBONES)}; torchvision:<model> (any classification model), timm:<model> "
+            f"(pip install 'relssl[timm]'), package.module:factory"
+            + (f"; registered: {', '.join(BACKBONE_FACTORIES)}" if BACKBONE_FACTORIES else "") + "\n"
             f"views:     {', '.join(RECIPES)}\n"
             f"recipes:   {', '.join(list_recipes())}\n\n"
             "examples:\n"
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain a method from a YAML recipe plus key=value overrides",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
-    p.add_argument("config", nargs="?", help="YAML recipe path or packaged name (e.g. fashion_mnist/mocov2)")
+    p.add_argument("config", nargs="?", help="YAML recipe path or packaged name (e.g. fashion_mnist/mocov2); more "
+                   "recipes may follow, laid over it in order (e.g. backbones/vit_tiny)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1 method.queue_size=8192")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
 
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(args) -> int:
-    from relssl.config import load_config, resolve_recipe
+    from relssl.config import load_config, resolve_recipes
     from relssl.engine import pretrain
 
     if args.resume:
@@ -81,7 +84,9 @@ def cmd_pretrain(args) -> int:
     else:
         if not args.config:
             raise ConfigError("pretrain needs a config: relssl pretrain fashion_mnist/mocov2 [key=value ...]")
-        cfg = load_config(resolve_recipe(args.config), args.overrides)
+        # several recipes (no '='), laid over each other in order: a method recipe, then e.g. backbones/vit_tiny
+        recipes = [args.config] + [o for o in args.overrides if "=" not in o]
+        cfg = load_config(resolve_recipes(recipes), [o for o in args.overrides if "=" in o])
         res = pretrain(cfg)
     from relssl.nn import rank
 

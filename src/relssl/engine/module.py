@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from relssl.augment import make_views
-from relssl.config import Config, build_backbone_from_config, eval_image_size
+from relssl.config import Config, backbone_sizes, build_backbone_from_config
 from relssl.data import DatasetSplits, EpochBatchSampler, IndexBatchDataset
 from relssl.data.filebacked import DecodedBatchDataset
 from relssl.engine.guard import LossGuard
@@ -31,17 +31,23 @@ from relssl.methods.plugins import build_plugins
 
 
 class PretrainModule(L.LightningModule):
-    def __init__(self, cfg: Config, splits: DatasetSplits) -> None:
+    def __init__(self, cfg: Config, splits: DatasetSplits, backbone: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.save_hyperparameters({"config": cfg.to_dict()})
         info = splits.info
         self.info = info
-        self.crop_size = cfg.data.crop_size or info.crop_size
-        self.eval_size = eval_image_size(cfg, info)
+        self.crop_size, self.eval_size = backbone_sizes(cfg, info)
         self.mean, self.std = info.mean, info.std
-        backbone, feat_dim = build_backbone_from_config(cfg, info.channels, info.maxpool)
-        self.method = build_method(cfg.method, backbone, feat_dim)
+        built = build_backbone_from_config(cfg, info.channels, info.maxpool, sizes=(self.crop_size, self.eval_size),
+                                           module=backbone)
+        # the config records the architecture as built (e.g. a ViT's img_size / patch_size chosen for the
+        # crop), so that evaluation and export rebuild exactly this model from the checkpoint alone
+        cfg.backbone.kwargs = dict(built.spec.get("kwargs", {}))
+        if backbone is not None:
+            cfg.backbone.name = f"object:{built.spec['model']}"
+        self.backbone_spec = built.spec
+        self.save_hyperparameters({"config": cfg.to_dict()})
+        self.method = build_method(cfg.method, built.module, built.feat_dim)
         self.plugins = torch.nn.ModuleList(build_plugins(cfg.plugins, self.method))
         self.view_names, self.recipes = view_recipes(cfg, self.crop_size)
         pre = splits.pretrain.subset(cfg.data.subset, seed=cfg.seed)

@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules for pretraining.
 
-* SGD (momentum, optional Nesterov) and LARS (layer-wise adaptive rate scaling, You et al. 2017,
+* SGD (momentum, optional Nesterov), AdamW (torch's, ``betas``; the ViT recipes) and LARS (layer-wise adaptive rate scaling, You et al. 2017,
   in the form WCL's official code uses: weight decay added to the gradient before the trust ratio,
   norm weights and biases excluded from both when ``exclude_bn_bias`` is on).
 * Linear warm-up from 0 over ``warmup_epochs`` then cosine to ``min_lr``, updated every step:
@@ -60,13 +60,26 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameter names that sub-modules exclude from weight decay through ``no_weight_decay()``
+    (timm's convention: a ViT's ``pos_embed`` and ``cls_token``), prefixed with the sub-module's path."""
+    names = set()
+    for path, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            names |= {f"{path}.{n}" if path else n for n in fn()}
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
-    """Trainable parameters in two groups: decayed, and (if asked) norm weights / biases without decay."""
+    """Trainable parameters in two groups: decayed, and (if asked) norm weights, biases and the
+    model's ``no_weight_decay()`` parameters without decay."""
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    skip = no_decay_names(model) if exclude_bn_bias else set()
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if exclude_bn_bias and p.ndim <= 1 else decay).append(p)
+        (no_decay if exclude_bn_bias and (p.ndim <= 1 or name in skip) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
@@ -88,6 +101,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> to
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta, nesterov=cfg.nesterov)
     for g in groups:
         g.pop("lars_exclude", None)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

@@ -5,6 +5,7 @@ directory (``engine/rundir.py``), builds the trainer (``engine/trainer.py``), tr
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -37,8 +38,15 @@ log = logging.getLogger("relssl")
 
 
 def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: str | Path | None = None,
-             quiet: bool = False, extra_callbacks: list | None = None, resume_overrides: list[str] | None = None) -> dict:
+             quiet: bool = False, extra_callbacks: list | None = None, resume_overrides: list[str] | None = None,
+             backbone: torch.nn.Module | None = None) -> dict:
     """Pretrain ``cfg``'s method; returns the results dict (also written to ``results.json``).
+
+    ``backbone``: a module of your own that maps ``(B, C, H, W)`` images to ``(B, D)`` features,
+    used instead of ``cfg.backbone.name`` (which becomes ``object:<its class>``); it is trained in
+    place (with ``backbone.bn_splits`` > 1 a converted copy is). Evaluation and resumption of such a
+    run take a new instance of the same class (``prepare(run, backbone=...)``,
+    ``pretrain(None, resume=run, backbone=...)``); docs/backbones.md.
 
     ``resume`` is a run directory (or a checkpoint file) of an interrupted run: its config is
     used (``resume_overrides``: ``trainer.*`` changes, e.g. another number of devices), and training
@@ -46,7 +54,8 @@ def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: st
     or changed.
     """
     point = read_resume(resume, resume_overrides) if resume is not None else None
-    cfg = point.cfg if point is not None else cfg
+    # a copy: building the backbone records its architecture in the config (the caller's object is left as it is)
+    cfg = copy.deepcopy(point.cfg if point is not None else cfg)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
         # Lightning's launchers set torch's threads to cores / local processes unless OMP_NUM_THREADS is set
@@ -60,7 +69,7 @@ def pretrain(cfg: Config | None, splits: DatasetSplits | None = None, resume: st
     check_against_data(cfg, splits, monitor_kind)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = PretrainModule(cfg, splits)
+    module = PretrainModule(cfg, splits, backbone)
     if point is not None:  # refused here, before anything in the run directory changes
         total = min(module.total_steps, cfg.optim.max_steps) if cfg.optim.max_steps else module.total_steps
         check_resumable(point.ckpt, module, cfg.to_dict(), point.run_dir, total)

@@ -65,7 +65,7 @@ def build_trainer(cfg: Config, run_dir: Path, monitor: RepresentationMonitor | N
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=show_bar,
         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
         default_root_dir=run_dir, benchmark=accelerator == "gpu", deterministic=False,
-        sync_batchnorm=sync_batchnorm,
+        sync_batchnorm=sync_batchnorm, gradient_clip_val=cfg.optim.grad_clip,
     )
     glob = cfg.optim.batch_size * trainer.world_size
     if trainer.world_size > 1:

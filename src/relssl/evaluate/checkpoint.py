@@ -90,15 +90,20 @@ def _backbone_prefix(method: nn.Module) -> str:
     raise CheckpointError(f"method {type(method).__name__}.backbone is not one of its sub-modules")
 
 
-def build_method(cfg: Config, in_channels: int, maxpool: bool) -> tuple[nn.Module, int]:
-    """A freshly initialised method of ``cfg`` (backbone built without any ``backbone.pretrained``
-    file: the weights come from the checkpoint). Seeded by ``cfg.seed`` without touching the
-    global random state, so a random-init baseline is reproducible."""
+def build_method(cfg: Config, in_channels: int, maxpool: bool, backbone: nn.Module | None = None):
+    """(a freshly initialised method of ``cfg``, its :class:`relssl.nn.Backbone`), the backbone built
+    without any ``backbone.weights`` file: the weights come from the checkpoint. Seeded by
+    ``cfg.seed`` without touching the global random state, so a random-init baseline is
+    reproducible. ``backbone``: a new instance of the module a run was trained with as a Python
+    object (copied, never changed)."""
+    import copy
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        backbone, feat_dim = build_backbone_from_config(cfg, in_channels, maxpool, pretrained=False)
-        method = build_method_of(cfg.method, backbone, feat_dim)
-    return method, feat_dim
+        built = build_backbone_from_config(cfg, in_channels, maxpool, weights=False,
+                                           module=copy.deepcopy(backbone) if backbone is not None else None)
+        method = build_method_of(cfg.method, built.module, built.feat_dim)
+    return method, built
 
 
 def load_method_weights(method: nn.Module, ckpt: dict, ckpt_path: Path) -> None:
@@ -129,17 +134,18 @@ def load_method_weights(method: nn.Module, ckpt: dict, ckpt_path: Path) -> None:
 
 
 def load_method(path: str | Path, overrides: list[str] | None = None, splits: DatasetSplits | None = None,
-                random_init: bool = False):
+                random_init: bool = False, backbone: nn.Module | None = None):
     """(config, method with the checkpoint's weights, dataset splits, checkpoint path).
 
     ``splits`` replaces the dataset named in the config (tests, custom subsets);
-    ``random_init=True`` keeps the method's fresh initialisation (the random-init baseline).
+    ``random_init=True`` keeps the method's fresh initialisation (the random-init baseline);
+    ``backbone``: a new instance of your own module, for a run trained with ``pretrain(cfg, backbone=...)``.
     """
     ckpt_path, ckpt, cfg = read_checkpoint(path, overrides)
     if splits is None:
         splits = load_data(cfg)
     maxpool = splits.info.maxpool if cfg.backbone.maxpool is None else cfg.backbone.maxpool
-    method, _ = build_method(cfg, splits.info.channels, maxpool)
+    method, _ = build_method(cfg, splits.info.channels, maxpool, backbone)
     if not random_init:
         load_method_weights(method, ckpt, ckpt_path)
     return cfg, method, splits, ckpt_path
@@ -165,6 +171,7 @@ class EvalSetup:
     run_dir: Path | None
     device: torch.device
     random_init: bool = False
+    template: nn.Module | None = None  # the untrained module a run trained as a Python object (random-init baseline)
 
     @property
     def backbone(self) -> nn.Module:
@@ -218,13 +225,18 @@ def _labelled(ds: ImageDataset, name: str) -> ImageDataset:
 
 
 def prepare(path: str | Path, overrides: list[str] | None = None, splits: DatasetSplits | None = None,
-            device: str | torch.device | None = None, random_init: bool = False) -> EvalSetup:
-    """Load a checkpoint (or run directory) for evaluation on ``device`` (``auto``: CUDA if present)."""
+            device: str | torch.device | None = None, random_init: bool = False,
+            backbone: nn.Module | None = None) -> EvalSetup:
+    """Load a checkpoint (or run directory) for evaluation on ``device`` (``auto``: CUDA if present).
+
+    ``backbone``: for a run trained with ``pretrain(cfg, backbone=module)``, a new, untrained instance
+    of the same class (the checkpoint's weights are loaded into a copy of it)."""
     dev = resolve_device(device)
-    cfg, method, splits, ckpt_path = load_method(path, overrides, splits=splits, random_init=random_init)
+    cfg, method, splits, ckpt_path = load_method(path, overrides, splits=splits, random_init=random_init,
+                                                 backbone=backbone)
     method.to(dev).eval()
     return EvalSetup(cfg=cfg, method=method, splits=splits, ckpt_path=ckpt_path, run_dir=run_dir_of(ckpt_path),
-                     device=dev, random_init=random_init)
+                     device=dev, random_init=random_init, template=backbone)
 
 
 def result_name(setup: EvalSetup, protocol: str) -> str:

@@ -307,9 +307,11 @@ def _data_notes(setup, trained) -> list[str]:
 def embed_checkpoint(path: str | Path, overrides: list[str] | None = None, *, split: str = "all",
                      head: str = "backbone", normalize: bool = False, batch_size: int = 1024,
                      device: str | torch.device | None = None, subsets: Mapping[str, int | None] | None = None,
-                     splits=None, log: Callable[[str], None] | None = None) -> Embeddings:
+                     splits=None, log: Callable[[str], None] | None = None,
+                     backbone: torch.nn.Module | None = None) -> Embeddings:
     """Embed a split of a checkpoint's (or run directory's) dataset, or with ``data.*`` overrides
     another one (``data.dataset=unlabeled_folder data.root=/my/images``); see :func:`embed_split`.
+    ``backbone``: a new instance of your own module, for a run trained with ``pretrain(cfg, backbone=...)``.
 
     The data are decoded with the backbone's input channels (folders: ``data.options.channels``
     unless given) and, when the config leaves the max-pool to the dataset, the backbone keeps
@@ -348,7 +350,7 @@ def embed_checkpoint(path: str | Path, overrides: list[str] | None = None, *, sp
     pool = _trained_maxpool(cfg.backbone.maxpool, trained)
     if pool is not None and splits.info.maxpool != pool:  # the run's architecture, whatever the images' default
         splits = replace(splits, info=replace(splits.info, maxpool=pool))
-    setup = prepare(ckpt_path, overrides, splits=splits, device=device)
+    setup = prepare(ckpt_path, overrides, splits=splits, device=device, backbone=backbone)
     emb = embed_split(setup, split, head=head, normalize=normalize, batch_size=batch_size,
                       subsets=subsets_from_overrides(overrides) if subsets is None else subsets, log=log)
     emb.meta["notes"] = _data_notes(setup, trained)

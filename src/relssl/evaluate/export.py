@@ -24,8 +24,16 @@ keys of BatchNorm, so nothing is renamed)::
 
 Feed it images normalised with the ``mean`` / ``std`` of the metadata, at ``input_size``.
 
-**With relssl**: :func:`load_backbone` rebuilds the right architecture (ResNets and the small
-``convnet`` test nets) from the metadata and loads the weights strictly.
+**Any torchvision or timm model** (``backbone.name=torchvision:<model>`` / ``timm:<model>``): the
+keys are the library's own; the metadata's ``constructor`` is the Python code that builds the
+model they load into (for timm, ``timm.create_model(<model>, num_classes=0, in_chans=C, **kwargs)``
+with the kwargs the run was built with, e.g. a ViT's ``img_size`` and ``patch_size``), and
+``spec`` says the same as data (library, model, kwargs, the removed classifier ``head``, the
+first convolution rebuilt for the channels, the CIFAR stem, the removed max-pool).
+
+**With relssl**: :func:`load_backbone` rebuilds the architecture from the metadata and loads the
+weights strictly (a module passed to ``pretrain`` as a Python object cannot be rebuilt from
+metadata: build yours and ``load_state_dict(load_file(path))``).
 """
 
 from __future__ import annotations
@@ -56,11 +64,12 @@ def _dataset_info(cfg, splits=None):
 
 
 def backbone_from_checkpoint(path: str | Path, overrides: list[str] | None = None, splits=None,
-                             maxpool: bool | None = None) -> tuple[nn.Module, dict]:
+                             maxpool: bool | None = None, backbone: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """(backbone with the checkpoint's weights, metadata) of a checkpoint or run directory.
 
     The dataset is read only for its defaults (max-pool when the config leaves it to the
     dataset, mean / std); if it is not on this machine, pass ``maxpool`` where needed.
+    ``backbone``: a new instance of your own module, for a run trained with ``pretrain(cfg, backbone=...)``.
     """
     import relssl
     from relssl.evaluate.checkpoint import build_method, infer_in_channels, load_method_weights, read_checkpoint
@@ -77,14 +86,16 @@ def backbone_from_checkpoint(path: str | Path, overrides: list[str] | None = Non
         maxpool = info.maxpool
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
     in_channels = info.channels if info is not None else infer_in_channels(state)
-    method, feat_dim = build_method(cfg, in_channels, maxpool)
+    method, built = build_method(cfg, in_channels, maxpool, backbone)
+    feat_dim = built.feat_dim
     load_method_weights(method, ckpt, ckpt_path)
     size = cfg.data.eval_size or cfg.data.crop_size or (info.crop_size if info is not None else None)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "backbone": b.name, "in_channels": in_channels, "cifar_stem": b.cifar_stem, "maxpool": bool(maxpool),
         "feat_dim": feat_dim, "trained_bn_splits": b.bn_splits,
-        "torchvision_compatible": b.name in TORCHVISION_ARCHS,
+        "torchvision_compatible": b.name in TORCHVISION_ARCHS or built.spec.get("library") == "torchvision",
+        "spec": built.spec, "constructor": constructor_code(built.spec),
         "method": cfg.method["name"], "dataset": cfg.data.dataset, "input_size": size,
         "mean": list(info.mean) if info is not None else None, "std": list(info.std) if info is not None else None,
         "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "source": str(ckpt_path),
@@ -137,9 +148,9 @@ def _umask() -> int:
 
 
 def export_backbone(path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
-                    splits=None, maxpool: bool | None = None) -> tuple[Path, dict]:
+                    splits=None, maxpool: bool | None = None, backbone: nn.Module | None = None) -> tuple[Path, dict]:
     """Export the backbone of a checkpoint / run directory; returns (file, metadata)."""
-    backbone, meta = backbone_from_checkpoint(path, overrides, splits=splits, maxpool=maxpool)
+    backbone, meta = backbone_from_checkpoint(path, overrides, splits=splits, maxpool=maxpool, backbone=backbone)
     out = Path(out) if out is not None else default_export_path(path)
     return save_backbone(backbone, meta, out), meta
 
@@ -172,12 +183,40 @@ def build_from_metadata(meta: dict) -> nn.Module:
     """An untrained relssl backbone with the architecture ``meta`` describes (plain BatchNorm)."""
     from relssl.nn import build_backbone
 
+    spec = meta.get("spec") or {}
+    if spec.get("library") == "object":
+        raise CheckpointError(f"the exported backbone is a module passed to pretrain() as a Python object "
+                              f"({spec.get('model')}): build one and load_state_dict(safetensors.torch.load_file(path))")
     try:
         net, _ = build_backbone(meta["backbone"], in_channels=int(meta["in_channels"]),
-                                cifar_stem=bool(meta["cifar_stem"]), maxpool=bool(meta["maxpool"]))
+                                cifar_stem=bool(meta["cifar_stem"]), maxpool=bool(meta["maxpool"]),
+                                kwargs=spec.get("kwargs") or {})
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"exported backbone metadata is incomplete or unknown: {err}") from err
     return net
+
+
+def constructor_code(spec: dict) -> str:
+    """Python that builds the module an exported state dict loads into, with the library alone."""
+    lib, model, kw, c = spec.get("library"), spec.get("model"), spec.get("kwargs") or {}, spec.get("in_channels", 3)
+    args = "".join(f", {k}={v!r}" for k, v in kw.items())
+    lines = []
+    if lib == "timm":
+        lines.append(f"net = timm.create_model({model!r}, num_classes=0, in_chans={c}{args})")
+    elif lib in ("torchvision", "relssl") and (lib == "torchvision" or model in TORCHVISION_ARCHS):
+        lines.append(f"net = torchvision.models.get_model({model!r}{args})")
+        if spec.get("head"):
+            lines.append(f"net.set_submodule({spec['head']!r}, torch.nn.Identity())  # the classifier, removed")
+        first = spec.get("first_conv") or ("conv1" if lib == "relssl" and c != 3 else None)
+        if first:
+            lines.append(f"# {first}: the same Conv2d with in_channels={c}")
+    else:
+        return f"the {lib} backbone {model}" + (f" with {kw}" if kw else "") + ": build it, then load_state_dict"
+    if spec.get("cifar_stem"):
+        lines.append(f"net.conv1 = torch.nn.Conv2d({c}, net.conv1.out_channels, 3, 1, 1, bias=False)  # CIFAR stem")
+    if spec.get("maxpool_removed"):
+        lines.append("net.maxpool = torch.nn.Identity()")
+    return "; ".join(lines)
 
 
 def torchvision_backbone(meta: dict) -> nn.Module:
@@ -298,9 +337,9 @@ def copy_for_export(backbone: nn.Module) -> nn.Module:
 
 def export_onnx(path: str | Path, out: str | Path | None = None, overrides: list[str] | None = None, splits=None,
                 maxpool: bool | None = None, fold_normalization: bool = False,
-                l2_normalize: bool = False) -> tuple[Path, dict]:
+                l2_normalize: bool = False, backbone: nn.Module | None = None) -> tuple[Path, dict]:
     """Export the backbone of a checkpoint / run directory as ONNX; returns (file, metadata)."""
-    backbone, meta = backbone_from_checkpoint(path, overrides, splits=splits, maxpool=maxpool)
+    backbone, meta = backbone_from_checkpoint(path, overrides, splits=splits, maxpool=maxpool, backbone=backbone)
     out = Path(out) if out is not None else default_export_path(path).with_suffix(".onnx")
     return save_onnx(backbone, meta, out, fold_normalization, l2_normalize), meta
 

@@ -50,7 +50,7 @@ def evaluate_knn(setup, protocol: str = "weighted", k: int = 200, t: float = 0.1
                 channels = bank.images.shape[1]
                 b = setup.cfg.backbone
                 maxpool = setup.splits.info.maxpool if b.maxpool is None else b.maxpool
-                rand, _ = build_method(setup.cfg, channels, maxpool)
+                rand, _ = build_method(setup.cfg, channels, maxpool, setup.template)
                 rb = rand.backbone.to(dev)
                 res["baselines"]["random_init"] = run(setup.features(bank.images, backbone=rb),
                                                       setup.features(test.images, backbone=rb))

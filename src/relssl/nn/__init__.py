@@ -3,16 +3,34 @@
 Everything here is a plain ``torch.nn`` part with no engine or method logic (DEVELOPERS.md, "Layout").
 """
 
-from .backbones import BACKBONES, ConvNet, build_backbone, load_torchvision_weights
+from .backbones import (
+    BACKBONES,
+    Backbone,
+    ConvNet,
+    build_backbone,
+    check_backbone_name,
+    load_weights,
+    make_backbone,
+    read_state_dict,
+)
 from .distributed import gather_no_grad, gather_with_grad, is_distributed, rank, world_size
 from .ema import ema_update, make_teacher, momentum_at
 from .heads import byol_head, mlp, moco_head, nnclr_predictor, nnclr_projector, simclr_head, wcl_head
 from .queue import FeatureQueue
 from .shuffle import shuffle_forward, teacher_forward
 from .splitbn import SplitBatchNorm2d, convert_to_split_bn
+from .zoo import BACKBONE_FACTORIES, FAMILIES, register_backbone
 
 __all__ = [
     "BACKBONES",
+    "BACKBONE_FACTORIES",
+    "Backbone",
+    "FAMILIES",
+    "check_backbone_name",
+    "load_weights",
+    "make_backbone",
+    "read_state_dict",
+    "register_backbone",
     "ConvNet",
     "FeatureQueue",
     "SplitBatchNorm2d",
@@ -23,7 +41,6 @@ __all__ = [
     "gather_no_grad",
     "gather_with_grad",
     "is_distributed",
-    "load_torchvision_weights",
     "make_teacher",
     "mlp",
     "moco_head",
