@@ -336,6 +336,19 @@ def test_methods_train_a_tiny_vit_end_to_end(method, tmp_path, fmnist_small):
     assert trainer_clip == 3.0
 
 
+def test_a_vit_run_at_28_px_is_rebuilt_for_28_px_by_evaluation_and_export(tmp_path, fmnist_small):
+    from relssl.evaluate import evaluate_knn, export_backbone, load_backbone, prepare
+
+    res = pretrain(vit_config("simclr", tmp_path, "data.crop_size=28", "optim.max_steps=1"), splits=fmnist_small,
+                   quiet=True)
+    s = prepare(res["run_dir"], splits=fmnist_small, device="cpu")
+    assert s.eval_size == 28 and s.backbone.patch_embed.img_size == (28, 28)
+    assert evaluate_knn(s, protocol="weighted")["results"]["weighted"]["top1"] > 10
+    out, _ = export_backbone(res["run_dir"], tmp_path / "v.safetensors")  # no dataset: sizes from the config
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(features(load_backbone(out), x), features(s.backbone, x), atol=1e-5)
+
+
 def test_a_vit_trains_in_the_gpu_configuration(tmp_path, fmnist_small, monkeypatch):
     """bf16 autocast with weights and views in channels_last (forced on the CPU, as in test_precision)."""
     from relssl.engine.module import PretrainModule

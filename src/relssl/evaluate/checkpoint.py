@@ -23,6 +23,7 @@ from torch import nn
 from relssl.config import (
     Config,
     apply_overrides,
+    backbone_sizes,
     build_backbone_from_config,
     config_from_dict,
     eval_image_size,
@@ -90,17 +91,19 @@ def _backbone_prefix(method: nn.Module) -> str:
     raise CheckpointError(f"method {type(method).__name__}.backbone is not one of its sub-modules")
 
 
-def build_method(cfg: Config, in_channels: int, maxpool: bool, backbone: nn.Module | None = None):
+def build_method(cfg: Config, in_channels: int, maxpool: bool, backbone: nn.Module | None = None, info=None):
     """(a freshly initialised method of ``cfg``, its :class:`relssl.nn.Backbone`), the backbone built
     without any ``backbone.weights`` file: the weights come from the checkpoint. Seeded by
     ``cfg.seed`` without touching the global random state, so a random-init baseline is
     reproducible. ``backbone``: a new instance of the module a run was trained with as a Python
-    object (copied, never changed)."""
+    object (copied, never changed). ``info``: the dataset's :class:`relssl.data.DatasetInfo`, when
+    known: the backbone is then checked on the crop and evaluation sizes."""
     import copy
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         built = build_backbone_from_config(cfg, in_channels, maxpool, weights=False,
+                                           sizes=backbone_sizes(cfg, info) if info is not None else None,
                                            module=copy.deepcopy(backbone) if backbone is not None else None)
         method = build_method_of(cfg.method, built.module, built.feat_dim)
     return method, built
@@ -145,7 +148,7 @@ def load_method(path: str | Path, overrides: list[str] | None = None, splits: Da
     if splits is None:
         splits = load_data(cfg)
     maxpool = splits.info.maxpool if cfg.backbone.maxpool is None else cfg.backbone.maxpool
-    method, _ = build_method(cfg, splits.info.channels, maxpool, backbone)
+    method, _ = build_method(cfg, splits.info.channels, maxpool, backbone, info=splits.info)
     if not random_init:
         load_method_weights(method, ckpt, ckpt_path)
     return cfg, method, splits, ckpt_path

@@ -183,6 +183,14 @@ def probe_features(net: nn.Module, in_channels: int, size: int, name: str) -> in
     return int(out.shape[1])
 
 
+def _built_size(net: nn.Module) -> int:
+    """The image size a model is built for (a timm or torchvision ViT's), else 32."""
+    size = getattr(getattr(net, "patch_embed", None), "img_size", None) or getattr(net, "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return int(size) if isinstance(size, int) and size > 0 else 32
+
+
 def check_sizes(net: nn.Module, name: str, in_channels: int, sizes: Sequence[int]) -> int:
     """Run a backbone on every image size it will see; returns its feature dim (one-line errors)."""
     dims = {probe_features(net, in_channels, s, name) for s in dict.fromkeys(sizes)}
@@ -248,8 +256,8 @@ def make_backbone(
         dim = check_sizes(net, name, in_channels, [image_size] + ([eval_size] if eval_size else []))
     elif module is None and spec["library"] == "relssl":
         dim = _RESNETS[name][1] if name in _RESNETS else net.feat_dim
-    else:
-        dim = probe_features(net, in_channels, 32, name)
+    else:  # no image size given (a rebuild from a checkpoint or an export): the size the model is built for
+        dim = probe_features(net, in_channels, _built_size(net), name)
     if bn_splits > 1:
         if not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
             log.warning("backbone.bn_splits=%d has no effect: backbone %s has no BatchNorm2d", bn_splits, name)
