@@ -423,3 +423,34 @@ def test_the_cli_lays_the_vit_recipe_over_a_method_recipe(tmp_path, capsys):
     assert main(["pretrain", "backbones/vit_tiny", f"output_dir={tmp_path}"]) == 2
     assert "lay it over a method recipe" in capsys.readouterr().err
     assert digest(tmp_path) == before
+
+
+def test_a_run_saved_before_the_backbone_keys_existed_still_resumes(tmp_path, fmnist_small):
+    """Runs from before backbone.kwargs / weights and optim.betas / grad_clip: their checkpoint and
+    config.yaml lack those keys (and say backbone.pretrained); the defaults are no change."""
+    import yaml
+
+    from relssl.engine.checkpoint import load_checkpoint_file
+    from test_engine import _Crash
+    from utils import tiny_config
+
+    extra = ["optim.epochs=2", "trainer.knn_every=0", "trainer.knn_at_start=false"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(tiny_config("mocov2", tmp_path, *extra), splits=fmnist_small, quiet=True, extra_callbacks=[_Crash(1)])
+    run = next(tmp_path.iterdir())
+
+    def as_before(cfg):
+        for key in ("kwargs", "weights"):
+            cfg["backbone"].pop(key)
+        cfg["backbone"]["pretrained"] = None
+        for key in ("betas", "grad_clip"):
+            cfg["optim"].pop(key)
+        return cfg
+
+    ckpt_path = run / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint_file(ckpt_path)
+    as_before(ckpt["hyper_parameters"]["config"])
+    torch.save(ckpt, ckpt_path)
+    (run / "config.yaml").write_text(yaml.safe_dump(as_before(yaml.safe_load((run / "config.yaml").read_text()))))
+    res = pretrain(None, splits=fmnist_small, resume=run, quiet=True)
+    assert res["steps"] == 2 * (600 // 64)

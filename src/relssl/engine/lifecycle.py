@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -29,7 +30,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from relssl.errors import AlreadyFinished, CheckpointError, ConfigError
+from relssl.config import config_from_dict
+from relssl.errors import AlreadyFinished, CheckpointError, ConfigError, RelsslError
 from relssl.fileio import atomic_write_text
 
 
@@ -179,6 +181,17 @@ def _differences(a, b, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if a != b else []
 
 
+def _with_defaults(saved: dict) -> dict:
+    """A checkpoint's config with the defaults of this version filled in, so that a key added since
+    (``backbone.kwargs``, ``optim.betas``) is not taken for a change; as saved if it no longer validates."""
+    if not saved:
+        return saved
+    try:
+        return config_from_dict(copy.deepcopy(saved)).to_dict()
+    except RelsslError:
+        return saved
+
+
 def check_resumable(ckpt: dict, module, cfg_dict: dict, run_dir: Path, total_steps: int) -> None:
     """Refuse a resume that cannot continue this run, before anything in ``run_dir`` changes.
 
@@ -186,7 +199,7 @@ def check_resumable(ckpt: dict, module, cfg_dict: dict, run_dir: Path, total_ste
     :class:`ConfigError` when ``config.yaml`` no longer describes the checkpoint's run (another
     method, other tensors, or a changed training recipe).
     """
-    saved = ((ckpt.get("hyper_parameters") or {}).get("config")) or {}
+    saved = _with_defaults(((ckpt.get("hyper_parameters") or {}).get("config")) or {})
     if saved:
         changed = [k for section in RESUME_FIXED for k in _differences(saved.get(section), cfg_dict.get(section), f"{section}.")]
         was_opt, now_opt = saved.get("optim") or {}, cfg_dict.get("optim") or {}

@@ -1,8 +1,9 @@
 """Optimizers and learning-rate schedules for pretraining.
 
-* SGD (momentum, optional Nesterov), AdamW (torch's, ``betas``; the ViT recipes) and LARS (layer-wise adaptive rate scaling, You et al. 2017,
-  in the form WCL's official code uses: weight decay added to the gradient before the trust ratio,
-  norm weights and biases excluded from both when ``exclude_bn_bias`` is on).
+* SGD (momentum, optional Nesterov), AdamW (torch's, ``betas``; the ViT recipes) and LARS
+  (layer-wise adaptive rate scaling, You et al. 2017, in the form WCL's official code uses: weight
+  decay added to the gradient before the trust ratio, norm weights and biases excluded from both
+  when ``exclude_bn_bias`` is on).
 * Linear warm-up from 0 over ``warmup_epochs`` then cosine to ``min_lr``, updated every step:
   lr(T) = base * T / W for T < W, else min + 0.5 * (base - min) * (1 + cos(pi * (T - W) / (S - W))).
 """
