@@ -134,7 +134,7 @@ MUTANTS = [
            ("tests/test_backbones.py::test_weights_in_torchvision_and_timm_layouts",),
            "torchvision and timm checkpoints load with their classifier left out"),
     Mutant("built-kwargs-not-recorded", "engine/module.py",
-           "        cfg.backbone.kwargs = dict(built.spec.get(\"kwargs\", {}))",
+           "        cfg.backbone.kwargs = dict(built.arch.get(\"kwargs\", {}))",
            "        pass",
            ("tests/test_backbones.py::test_a_vit_run_exports_weights_that_load_into_timm_itself",),
            "a run's config rebuilds the architecture it trained (a ViT's patch and size)"),

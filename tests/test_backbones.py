@@ -50,7 +50,7 @@ def features(net, x):
 ])
 def test_library_models_by_name_give_pooled_features(name, channels, dim, head):
     b = make_backbone(name, in_channels=channels, image_size=32)
-    assert b.feat_dim == dim and b.spec["head"] == head and b.spec["in_channels"] == channels
+    assert b.feat_dim == dim and b.arch["head"] == head and b.arch["in_channels"] == channels
     out = b.module(torch.randn(3, channels, 32, 32))
     assert out.shape == (3, dim)
     assert not any(isinstance(m, nn.Linear) and m.out_features == 1000 for m in b.module.modules())
@@ -78,14 +78,14 @@ def test_vit_patch_leaves_at_least_7x7_patches(crop, default, want):
 
 def test_timm_vit_is_sized_for_the_crop_and_kwargs_win():
     b = make_backbone("timm:vit_tiny_patch16_224", in_channels=1, kwargs={"depth": 1}, image_size=28)
-    assert b.spec["kwargs"] == {"depth": 1, "img_size": 28, "patch_size": 4}
+    assert b.arch["kwargs"] == {"depth": 1, "img_size": 28, "patch_size": 4}
     assert b.module.patch_embed.grid_size == (7, 7) and b.feat_dim == 192
     own = make_backbone("timm:vit_tiny_patch16_224", in_channels=3, kwargs={"depth": 1, "patch_size": 8},
                         image_size=32)
-    assert own.spec["kwargs"]["patch_size"] == 8 and own.module.patch_embed.grid_size == (4, 4)
+    assert own.arch["kwargs"]["patch_size"] == 8 and own.module.patch_embed.grid_size == (4, 4)
     # evaluation at another size than the crop: position embeddings resampled (dynamic_img_size)
     b = make_backbone("timm:vit_tiny_patch16_224", in_channels=3, kwargs={"depth": 1}, image_size=64, eval_size=96)
-    assert b.spec["kwargs"]["dynamic_img_size"] is True
+    assert b.arch["kwargs"]["dynamic_img_size"] is True
     assert b.module(torch.randn(2, 3, 96, 96)).shape == (2, 192)
 
 
@@ -211,7 +211,7 @@ def test_a_registered_factory_is_a_backbone_name():
 
     try:
         b = make_backbone("test_mlp", in_channels=1, kwargs={"hidden": 7}, image_size=28)
-        assert b.feat_dim == 7 and b.spec["library"] == "registered"
+        assert b.feat_dim == 7 and b.arch["library"] == "registered"
         load_config(resolve_recipe("fashion_mnist/simclr"), ["backbone.name=test_mlp"])  # validates
     finally:
         BACKBONE_FACTORIES.pop("test_mlp")
@@ -230,12 +230,12 @@ def test_weights_in_torchvision_and_timm_layouts(tmp_path, fmnist_small):
     b = make_backbone("torchvision:resnet18", in_channels=3, cifar_stem=False, maxpool=True)
     from relssl.nn import load_weights
 
-    load_weights(b.module, tmp_path / "r18.pth", b.spec["head"])
+    load_weights(b.module, tmp_path / "r18.pth", b.arch["head"])
     assert torch.equal(b.module.layer3[0].conv1.weight, tv.layer3[0].conv1.weight)
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, depth=1)
     save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
     b = make_backbone("timm:vit_tiny_patch16_224", in_channels=3, kwargs={"depth": 1}, image_size=32)
-    load_weights(b.module, tmp_path / "vit.safetensors", b.spec["head"])  # the 10-class head is ignored
+    load_weights(b.module, tmp_path / "vit.safetensors", b.arch["head"])  # the 10-class head is ignored
     assert torch.equal(b.module.pos_embed, vit.pos_embed)
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(features(b.module, x), vit.forward_head(vit.forward_features(x), pre_logits=True))
@@ -293,7 +293,7 @@ def test_weights_that_do_not_fit_fail_in_one_line_before_the_run_directory(case,
 def test_pretrained_is_read_as_the_former_name_of_weights(tmp_path):
     torch.save(make_backbone("convnet_tiny", 1).module.state_dict(), tmp_path / "w.pth")
     cfg = load_config(resolve_recipe("fashion_mnist/simclr"), [f"backbone.pretrained={tmp_path / 'w.pth'}"])
-    assert cfg.backbone.weights == str(tmp_path / "w.pth") and cfg.backbone.weights is None
+    assert cfg.backbone.weights == str(tmp_path / "w.pth") and cfg.backbone.pretrained is None
 
 
 # ----------------------------------------------------------------------------- the ViT recipe, end to end
@@ -368,8 +368,8 @@ def test_a_vit_run_exports_weights_that_load_into_timm_itself(tmp_path, fmnist_s
     out, meta = export_backbone(res["run_dir"], tmp_path / "vit.safetensors", splits=fmnist_small)
     from safetensors.torch import load_file
 
-    spec = meta["spec"]
-    plain = timm.create_model(spec["model"], num_classes=0, in_chans=spec["in_channels"], **spec["kwargs"])
+    arch = meta["arch"]
+    plain = timm.create_model(arch["model"], num_classes=0, in_chans=arch["in_channels"], **arch["kwargs"])
     plain.load_state_dict(load_file(str(out)))  # strict: no key renamed
     assert meta["constructor"].startswith("net = timm.create_model('vit_tiny_patch16_224', num_classes=0, in_chans=1")
     s = prepare(res["run_dir"], splits=fmnist_small, device="cpu")
@@ -396,12 +396,12 @@ def test_a_torchvision_run_exports_weights_that_load_into_torchvision_itself(tmp
                                                               "optim.max_steps=2", f"output_dir={tmp_path}"])
     res = pretrain(cfg, splits=fmnist_small, quiet=True)
     out, meta = export_backbone(res["run_dir"], tmp_path / "mb.safetensors", splits=fmnist_small)
-    spec = meta["spec"]
-    assert spec["head"] == "classifier.3" and spec["first_conv"] == "features.0.0" and meta["torchvision_compatible"]
+    arch = meta["arch"]
+    assert arch["head"] == "classifier.3" and arch["first_conv"] == "features.0.0" and meta["torchvision_compatible"]
     plain = torchvision.models.get_model("mobilenet_v3_small")
-    plain.set_submodule(spec["head"], nn.Identity())
-    first = plain.get_submodule(spec["first_conv"])
-    plain.set_submodule(spec["first_conv"], nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride,
+    plain.set_submodule(arch["head"], nn.Identity())
+    first = plain.get_submodule(arch["first_conv"])
+    plain.set_submodule(arch["first_conv"], nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride,
                                                        first.padding, bias=False))
     plain.load_state_dict(load_file(str(out)))  # strict
     s = prepare(res["run_dir"], splits=fmnist_small, device="cpu")

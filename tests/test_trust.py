@@ -161,7 +161,7 @@ BAD = [
     (["pretrain", R, "trainer.nan_policy=ignore"], "trainer.nan_policy must be one of stop, skip"),
     (["pretrain", R, "trainer.accelerator=tpu"], "trainer.accelerator must be one of auto, cpu, gpu"),
     (["pretrain", R, "trainer.devices=0"], "trainer.devices and trainer.num_nodes must be >= 1"),
-    (["pretrain", R, "backbone.name=resnet9"], "backbone.name must be one of"),
+    (["pretrain", R, "backbone.name=resnet9"], "backbone.name: unknown backbone 'resnet9'; built-in: resnet18"),
     (["pretrain", R, "backbone.bn_splits=0"], "backbone.bn_splits must be >= 1"),
     (["pretrain", R, "backbone.cifar_stem=maybe"], "backbone.cifar_stem must be true or false"),
     (["pretrain", R, "data.subset=0"], "data.subset must be a positive integer or null"),

@@ -424,7 +424,14 @@ def resolve_recipe(name: str | Path) -> Path:
 
 def resolve_recipes(names: list) -> list[Path]:
     """Several recipes to lay over each other; a backbone recipe alone is refused (it names no method or data)."""
-    paths = [resolve_recipe(n) for n in names]
+    paths = [resolve_recipe(names[0])] if names else []
+    for name in names[1:]:
+        try:
+            paths.append(resolve_recipe(name))
+        except ConfigError:
+            raise ConfigError(f"{name!r} is not a recipe, and an override must look like key=value (for example "
+                              "optim.lr=0.1); recipes laid over the first are packaged names such as backbones/vit_tiny "
+                              "or YAML paths") from None
     if paths and all(p.parent.name in OVERLAY_DIRS and p.parent.parent == CONFIG_DIR for p in paths):
         raise ConfigError(f"{names[0]} is a backbone recipe: lay it over a method recipe, e.g. "
                           f"relssl pretrain cifar10/simclr {names[0]}")
@@ -464,7 +471,7 @@ def build_backbone_from_config(cfg: Config, channels: int, maxpool_default: bool
                               bn_splits=b.bn_splits, kwargs=b.kwargs, image_size=crop, eval_size=eval_size,
                               module=module)
         if weights and b.weights:
-            load_weights(built.module, b.weights, built.spec.get("head"))
+            load_weights(built.module, b.weights, built.arch.get("head"))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return built

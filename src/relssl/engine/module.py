@@ -42,10 +42,10 @@ class PretrainModule(L.LightningModule):
                                            module=backbone)
         # the config records the architecture as built (e.g. a ViT's img_size / patch_size chosen for the
         # crop), so that evaluation and export rebuild exactly this model from the checkpoint alone
-        cfg.backbone.kwargs = dict(built.spec.get("kwargs", {}))
+        cfg.backbone.kwargs = dict(built.arch.get("kwargs", {}))
         if backbone is not None:
-            cfg.backbone.name = f"object:{built.spec['model']}"
-        self.backbone_spec = built.spec
+            cfg.backbone.name = f"object:{built.arch['model']}"
+        self.backbone_arch = built.arch
         self.save_hyperparameters({"config": cfg.to_dict()})
         self.method = build_method(cfg.method, built.module, built.feat_dim)
         self.plugins = torch.nn.ModuleList(build_plugins(cfg.plugins, self.method))

@@ -28,7 +28,7 @@ Feed it images normalised with the ``mean`` / ``std`` of the metadata, at ``inpu
 keys are the library's own; the metadata's ``constructor`` is the Python code that builds the
 model they load into (for timm, ``timm.create_model(<model>, num_classes=0, in_chans=C, **kwargs)``
 with the kwargs the run was built with, e.g. a ViT's ``img_size`` and ``patch_size``), and
-``spec`` says the same as data (library, model, kwargs, the removed classifier ``head``, the
+``arch`` says the same as data (library, model, kwargs, the removed classifier ``head``, the
 first convolution rebuilt for the channels, the CIFAR stem, the removed max-pool).
 
 **With relssl**: :func:`load_backbone` rebuilds the architecture from the metadata and loads the
@@ -94,8 +94,8 @@ def backbone_from_checkpoint(path: str | Path, overrides: list[str] | None = Non
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "backbone": b.name, "in_channels": in_channels, "cifar_stem": b.cifar_stem, "maxpool": bool(maxpool),
         "feat_dim": feat_dim, "trained_bn_splits": b.bn_splits,
-        "torchvision_compatible": b.name in TORCHVISION_ARCHS or built.spec.get("library") == "torchvision",
-        "spec": built.spec, "constructor": constructor_code(built.spec),
+        "torchvision_compatible": b.name in TORCHVISION_ARCHS or built.arch.get("library") == "torchvision",
+        "arch": built.arch, "constructor": constructor_code(built.arch),
         "method": cfg.method["name"], "dataset": cfg.data.dataset, "input_size": size,
         "mean": list(info.mean) if info is not None else None, "std": list(info.std) if info is not None else None,
         "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "source": str(ckpt_path),
@@ -183,38 +183,38 @@ def build_from_metadata(meta: dict) -> nn.Module:
     """An untrained relssl backbone with the architecture ``meta`` describes (plain BatchNorm)."""
     from relssl.nn import build_backbone
 
-    spec = meta.get("spec") or {}
-    if spec.get("library") == "object":
+    arch = meta.get("arch") or {}
+    if arch.get("library") == "object":
         raise CheckpointError(f"the exported backbone is a module passed to pretrain() as a Python object "
-                              f"({spec.get('model')}): build one and load_state_dict(safetensors.torch.load_file(path))")
+                              f"({arch.get('model')}): build one and load_state_dict(safetensors.torch.load_file(path))")
     try:
         net, _ = build_backbone(meta["backbone"], in_channels=int(meta["in_channels"]),
                                 cifar_stem=bool(meta["cifar_stem"]), maxpool=bool(meta["maxpool"]),
-                                kwargs=spec.get("kwargs") or {})
+                                kwargs=arch.get("kwargs") or {})
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"exported backbone metadata is incomplete or unknown: {err}") from err
     return net
 
 
-def constructor_code(spec: dict) -> str:
+def constructor_code(arch: dict) -> str:
     """Python that builds the module an exported state dict loads into, with the library alone."""
-    lib, model, kw, c = spec.get("library"), spec.get("model"), spec.get("kwargs") or {}, spec.get("in_channels", 3)
+    lib, model, kw, c = arch.get("library"), arch.get("model"), arch.get("kwargs") or {}, arch.get("in_channels", 3)
     args = "".join(f", {k}={v!r}" for k, v in kw.items())
     lines = []
     if lib == "timm":
         lines.append(f"net = timm.create_model({model!r}, num_classes=0, in_chans={c}{args})")
     elif lib in ("torchvision", "relssl") and (lib == "torchvision" or model in TORCHVISION_ARCHS):
         lines.append(f"net = torchvision.models.get_model({model!r}{args})")
-        if spec.get("head"):
-            lines.append(f"net.set_submodule({spec['head']!r}, torch.nn.Identity())  # the classifier, removed")
-        first = spec.get("first_conv") or ("conv1" if lib == "relssl" and c != 3 else None)
+        if arch.get("head"):
+            lines.append(f"net.set_submodule({arch['head']!r}, torch.nn.Identity())  # the classifier, removed")
+        first = arch.get("first_conv") or ("conv1" if lib == "relssl" and c != 3 else None)
         if first:
             lines.append(f"# {first}: the same Conv2d with in_channels={c}")
     else:
         return f"the {lib} backbone {model}" + (f" with {kw}" if kw else "") + ": build it, then load_state_dict"
-    if spec.get("cifar_stem"):
+    if arch.get("cifar_stem"):
         lines.append(f"net.conv1 = torch.nn.Conv2d({c}, net.conv1.out_channels, 3, 1, 1, bias=False)  # CIFAR stem")
-    if spec.get("maxpool_removed"):
+    if arch.get("maxpool_removed"):
         lines.append("net.maxpool = torch.nn.Identity()")
     return "; ".join(lines)
 

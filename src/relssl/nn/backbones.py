@@ -113,13 +113,13 @@ def _resnet(name: str, in_channels: int, cifar_stem: bool, maxpool: bool) -> nn.
 
 @dataclass
 class Backbone:
-    """A built backbone: the module, its feature dimension, and the JSON-able ``spec`` that rebuilds it
+    """A built backbone: the module, its feature dimension, and the JSON-able ``arch`` that rebuilds it
     (``library`` = relssl | torchvision | timm | registered | import | object, ``model``, ``kwargs``,
     ``in_channels``, ``head``: the removed classifier's path, and what relssl changed)."""
 
     module: nn.Module
     feat_dim: int
-    spec: dict = field(default_factory=dict)
+    arch: dict = field(default_factory=dict)
 
 
 def check_backbone_name(name: str) -> None:
@@ -236,25 +236,25 @@ def make_backbone(
     kwargs = dict(kwargs or {})
     if module is not None:
         net = module
-        spec = {"library": "object", "model": f"{type(module).__module__}.{type(module).__qualname__}",
+        arch = {"library": "object", "model": f"{type(module).__module__}.{type(module).__qualname__}",
                 "kwargs": {}, "in_channels": in_channels}
-        name = f"object:{spec['model']}"
+        name = f"object:{arch['model']}"
     else:
         family, model = split_name(name)
         if family == "builtin":
-            net, spec = _builtin(name, in_channels, cifar_stem, maxpool, kwargs)
+            net, arch = _builtin(name, in_channels, cifar_stem, maxpool, kwargs)
         elif family == "torchvision":
-            net, spec = torchvision_model(model, in_channels, cifar_stem, maxpool, kwargs)
+            net, arch = torchvision_model(model, in_channels, cifar_stem, maxpool, kwargs)
         elif family == "timm":
-            net, spec = timm_model(model, in_channels, cifar_stem, maxpool, kwargs, image_size, eval_size)
+            net, arch = timm_model(model, in_channels, cifar_stem, maxpool, kwargs, image_size, eval_size)
         elif family == "object":
             raise ValueError(f"backbone {name} was a module passed to pretrain() as a Python object, which a name cannot "
                              "rebuild: pass a new instance (backbone=...), or train with a factory (package.module:factory)")
         else:
-            net, spec = factory_model(family, model, in_channels, kwargs)
+            net, arch = factory_model(family, model, in_channels, kwargs)
     if image_size:
         dim = check_sizes(net, name, in_channels, [image_size] + ([eval_size] if eval_size else []))
-    elif module is None and spec["library"] == "relssl":
+    elif module is None and arch["library"] == "relssl":
         dim = _RESNETS[name][1] if name in _RESNETS else net.feat_dim
     else:  # no image size given (a rebuild from a checkpoint or an export): the size the model is built for
         dim = probe_features(net, in_channels, _built_size(net), name)
@@ -262,7 +262,7 @@ def make_backbone(
         if not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
             log.warning("backbone.bn_splits=%d has no effect: backbone %s has no BatchNorm2d", bn_splits, name)
         net = convert_to_split_bn(net, bn_splits)
-    return Backbone(net, dim, spec)
+    return Backbone(net, dim, arch)
 
 
 def build_backbone(name: str, in_channels: int = 3, cifar_stem: bool = True, maxpool: bool = False,

@@ -2,7 +2,7 @@
 registered factories and ``package.module:factory`` import paths.
 
 Every builder returns a module that maps ``(B, C, H, W)`` images to ``(B, D)`` features and a
-*spec*: a JSON-able description (library, model, constructor keyword arguments, what relssl
+*arch*: a JSON-able description (library, model, constructor keyword arguments, what relssl
 changed) that :mod:`relssl.evaluate.export` writes beside the weights, so that an exported file
 loads into the library's own constructor with no key renaming.
 
@@ -174,7 +174,7 @@ def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d] | None:
 
 def torchvision_model(model: str, in_channels: int, cifar_stem: bool, maxpool: bool,
                       kwargs: dict) -> tuple[nn.Module, dict]:
-    """``torchvision.models.get_model(model, **kwargs)`` without its classifier -> (module, spec)."""
+    """``torchvision.models.get_model(model, **kwargs)`` without its classifier -> (module, arch)."""
     from torchvision import models
 
     check_library_name("torchvision", model)
@@ -193,9 +193,9 @@ def torchvision_model(model: str, in_channels: int, cifar_stem: bool, maxpool: b
         conv_path = first[0]
         net.set_submodule(conv_path, _conv_like(first[1], in_channels))
     stem = _small_image_stem(net, cifar_stem, maxpool)
-    spec = {"library": "torchvision", "model": model, "kwargs": kw, "in_channels": in_channels, "head": head,
+    arch = {"library": "torchvision", "model": model, "kwargs": kw, "in_channels": in_channels, "head": head,
             "first_conv": conv_path, **stem}
-    return net, spec
+    return net, arch
 
 
 def vit_patch_size(crop: int, default: int) -> int:
@@ -208,7 +208,7 @@ def vit_patch_size(crop: int, default: int) -> int:
 
 def timm_model(model: str, in_channels: int, cifar_stem: bool, maxpool: bool, kwargs: dict,
                image_size: int | None = None, eval_size: int | None = None) -> tuple[nn.Module, dict]:
-    """``timm.create_model(model, num_classes=0, in_chans=C, **kwargs)`` -> (module, spec); ViTs sized
+    """``timm.create_model(model, num_classes=0, in_chans=C, **kwargs)`` -> (module, arch); ViTs sized
     for ``image_size`` (module docstring)."""
     timm = _import_timm(model)
     check_library_name("timm", model)
@@ -242,9 +242,9 @@ def timm_model(model: str, in_channels: int, cifar_stem: bool, maxpool: bool, kw
             net = create(kw)
     stem = _small_image_stem(net, cifar_stem, maxpool)
     head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier")
-    spec = {"library": "timm", "model": model, "kwargs": kw, "in_channels": in_channels,
+    arch = {"library": "timm", "model": model, "kwargs": kw, "in_channels": in_channels,
             "head": head if isinstance(head, str) else list(head or []), **stem}
-    return net, spec
+    return net, arch
 
 
 def _resolve_import(path: str):
