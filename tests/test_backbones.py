@@ -454,3 +454,23 @@ def test_a_run_saved_before_the_backbone_keys_existed_still_resumes(tmp_path, fm
     (run / "config.yaml").write_text(yaml.safe_dump(as_before(yaml.safe_load((run / "config.yaml").read_text()))))
     res = pretrain(None, splits=fmnist_small, resume=run, quiet=True)
     assert res["steps"] == 2 * (600 // 64)
+
+
+def test_the_own_module_example_of_the_docs_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/backbones.md, "Your own module": its Python, with the run shrunk to a few hundred images."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "backbones.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "class MyNet" in b)
+    overrides = '["backbone.bn_splits=1", "optim.epochs=5", "optim.warmup_epochs=1"]'
+    assert overrides in block
+    shrunk = ('["backbone.bn_splits=1", "optim.epochs=1", "optim.warmup_epochs=0", "optim.batch_size=64", "data.subset=512", '
+              '"data.bank_subset=512", "data.test_subset=256", "trainer.progress_bar=false", "trainer.accelerator=cpu", '
+              '"trainer.knn_every=1", "trainer.knn_k=20", "trainer.monitor_subset=0"]')
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    exec(compile(block.replace(overrides, shrunk), "docs/backbones.md", "exec"), {"__name__": "__main__"})
+    top1 = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 10 < top1 <= 100
+    run = next((tmp_path / "runs").iterdir())
+    assert "name: object:__main__.MyNet" in (run / "config.yaml").read_text()
