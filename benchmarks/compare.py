@@ -243,6 +243,21 @@ def config_hash(cfg) -> str:
     # keys added after results were recorded must not make their configs look different
     for key in ("monitor", "monitor_subset"):
         d["trainer"].pop(key, None)
+    # nor where the metrics are logged
+    for key in ("loggers", "experiment", "mlflow_uri", "wandb_offline"):
+        d["trainer"].pop(key, None)
+    if d["optim"].get("global_batch_size") is None:  # came later too; unset, the batch is optim.batch_size
+        d["optim"].pop("global_batch_size", None)
+    # backbone.kwargs / weights and optim.betas / grad_clip came later: at their defaults they hash as before
+    # (the weights file under its former key name, backbone.pretrained)
+    b, o = d["backbone"], d["optim"]
+    if not b.get("kwargs"):
+        b.pop("kwargs", None)
+    b["pretrained"] = b.pop("weights", None) or b.get("pretrained")
+    if o.get("betas") == [0.9, 0.999]:
+        o.pop("betas")
+    if o.get("grad_clip") is None:
+        o.pop("grad_clip", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
