@@ -30,6 +30,10 @@ $PY -c "import torch, torchvision, lightning; print('torch', torch.__version__, 
 case "$stage" in
   speed)
     $PY benchmarks/throughput.py --save
+    # ViT-Tiny (patch 4 at 32 px) beside ResNet-18: needs timm (carry its wheel and pip install it first)
+    if $PY -c "import timm" 2>/dev/null; then
+      $PY benchmarks/throughput.py --methods simclr mocov2 msvq --backbone timm:vit_tiny_patch16_224 --save
+    fi
     $PY benchmarks/augment_throughput.py --workers 8 --batches 50 --compile --save
     $PY benchmarks/diagnostics_overhead.py --backbone resnet18 --batch 512 --steps 120 --every 5 --save
     $PY benchmarks/graph_step.py --save   # WCL's graph step (issue #7)
