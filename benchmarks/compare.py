@@ -6,6 +6,7 @@
     python benchmarks/compare.py --preset cpu-smoke --methods simclr mocov2+ascl   # seconds a run on a CPU
     python benchmarks/compare.py --preset gpu --table-only             # re-render table and plots
     python benchmarks/compare.py --preset gpu --dry-run                # build and check every config, run nothing
+    python benchmarks/compare.py --preset cpu-budget --time-steps      # each step timed alone (idle machine)
 
 Each combination starts from its packaged Fashion-MNIST recipe (``configs/fashion_mnist/<name>.yaml``),
 then the preset's shared budget overrides it: backbone, crop / evaluation size, batch, epochs,
@@ -222,10 +223,11 @@ def method_overrides(method: str, p: Preset) -> list[str]:
 
 
 def build_config(combo: str, method: str, plugins: tuple[str, ...], p: Preset, seed: int, runs_dir: Path,
-                 accelerator: str):
+                 accelerator: str, extra: tuple[str, ...] = (), prefix: str = "compare"):
+    """``extra``: overrides after the preset's (the step timing's short runs); ``prefix``: of the run name."""
     raw = read_yaml(resolve_recipe(recipe_name(combo)))
-    raw = apply_overrides(raw, shared_overrides(p, seed, accelerator) + method_overrides(method, p))
-    raw["name"] = run_name(p.name, combo, seed)
+    raw = apply_overrides(raw, shared_overrides(p, seed, accelerator) + method_overrides(method, p) + list(extra))
+    raw["name"] = run_name(p.name, combo, seed).replace("compare-", prefix + "-", 1)
     raw["output_dir"] = str(runs_dir)
     cfg = config_from_dict(raw)
     if cfg.method["name"] != method or tuple(cfg.plugins) != plugins:
@@ -571,6 +573,60 @@ def run_baseline(name: str, seed: int, p: Preset, splits, linear_epochs: int, de
             "device": device.type, "environment": environment()}
 
 
+def cpu_usage() -> tuple[float, float] | None:
+    """(CPU seconds all processes have been busy, this process's CPU seconds) now; None off Linux."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    t = os.times()
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
+def time_steps(combo: str, method: str, plugins: tuple[str, ...], p: Preset, splits, runs_dir: Path,
+               accelerator: str, warmup: int = 5, steps: int = 30) -> dict:
+    """Seconds per training step of ``combo`` under preset ``p``, measured now: a short run of the
+    same config (seed 0, monitor off) through the engine, ``steps`` steps timed after ``warmup``.
+
+    The runs' own clocks count whatever else shared the cores; this is the time the step takes on
+    the machine as it is now. Run it alone: the share of the CPUs that other processes used while
+    the steps were timed is recorded (Linux; None elsewhere)."""
+    cfg = build_config(combo, method, plugins, p, 0, runs_dir, accelerator, prefix="steptime",
+                       extra=(f"optim.max_steps={warmup + steps}", "trainer.knn_every=0", "trainer.knn_at_start=false",
+                              "trainer.monitor=none", "trainer.monitor_subset=0"))
+    marks: dict[int, float] = {}
+    usage: dict[int, tuple[float, float] | None] = {}
+
+    class Marks(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+            marks[trainer.global_step] = time.perf_counter()
+            if trainer.global_step in (warmup, warmup + steps):
+                usage[trainer.global_step] = cpu_usage()
+
+    run_dir = runs_dir / cfg.name
+    shutil.rmtree(run_dir, ignore_errors=True)  # a timing run of an earlier call
+    try:
+        pretrain(cfg, splits=splits, quiet=True, extra_callbacks=[Marks()])
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if warmup + steps not in marks or warmup not in marks:
+        raise RuntimeError(f"{combo}: the timing run stopped at step {max(marks, default=0)}, not {warmup + steps}")
+    elapsed = marks[warmup + steps] - marks[warmup]
+    sps = elapsed / steps
+    others = None
+    if usage.get(warmup) and usage.get(warmup + steps):
+        (busy0, own0), (busy1, own1) = usage[warmup], usage[warmup + steps]
+        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (elapsed * (os.cpu_count() or 1))
+    batch = cfg.optim.batch_size
+    return {"seconds_per_step": round(sps, 4), "img_s": round(batch / sps, 1), "batch_size": batch,
+            "warmup_steps": warmup, "timed_steps": steps,
+            "others_cpu_share": None if others is None else round(others, 3),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
+
+
 # ----------------------------------------------------------------------------- table and plots
 
 
@@ -611,6 +667,11 @@ def aggregate(data: dict) -> list[dict]:
             for h in r.get("knn_history", []):
                 curve.setdefault(int(h["epoch"]), []).append(h["top1"])
         row["curve"] = sorted((e, statistics.fmean(v)) for e, v in curve.items())
+        # the step timed alone (--time-steps), and the pretraining it implies: steps done x that time
+        alone = (data.get("steptime") or {}).get(combo)
+        steps = _mean_sd([r.get("steps") for r in runs])[0]
+        row["img_s_alone"] = alone["img_s"] if alone else None
+        row["train_min_alone"] = steps * alone["seconds_per_step"] / 60 if alone and steps else None
         rows.append(row)
     return rows
 
@@ -649,9 +710,9 @@ def render_table(data: dict, out_json: Path) -> str:
         f"{s.get('epochs')} epochs ({s.get('warmup_epochs', 0):g} warm-up + cosine), SGD momentum 0.9, weight decay "
         f"5e-4, lr = the recipe's lr x batch / 256; each method keeps its own heads, temperatures, queues and views.",
         "",
-        f"| method | seeds | kNN top-1 % (last epoch) | linear top-1 % (last epoch) | images/s | {mem_head} "
-        "| pretrain s | eval s |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| method | seeds | kNN top-1 % (last epoch) | linear top-1 % (last epoch) | images/s | images/s alone "
+        f"| training min alone | {mem_head} | pretrain s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = (r["combo"] + (" (no pretraining)" if r["baseline"] else "")
@@ -660,8 +721,10 @@ def render_table(data: dict, out_json: Path) -> str:
         img = "-" if r["img_s"][0] is None else f"{r['img_s'][0]:,.0f}"
         mem = "-" if r["peak_mem_gib"][0] is None else f"{r['peak_mem_gib'][0]:.2f}"
         wall = _secs(r["pretrain_wall_s"][0]) + (" ‡" if r["resumed"] and r["pretrain_wall_s"][0] is not None else "")
+        alone = "-" if r["img_s_alone"] is None else f"{r['img_s_alone']:,.0f}"
+        minutes = "-" if r["train_min_alone"] is None else f"{r['train_min_alone']:.1f}"
         lines.append(f"| {name} | {r['n']} | {_fmt(*r['knn_last_top1'])} | {_fmt(*r['linear_last_top1'])} | {img} "
-                     f"| {mem} | {wall} | {_secs(r['eval_wall_s'][0])} |")
+                     f"| {alone} | {minutes} | {mem} | {wall} | {_secs(r['eval_wall_s'][0])} |")
     et, ee = s.get("eval_train") or 60000, s.get("eval_test") or 10000
     lines += [
         "",
@@ -677,7 +740,10 @@ def render_table(data: dict, out_json: Path) -> str:
         f"**{mem_head}**: " + ("`torch.cuda.max_memory_allocated` over pretraining" if mem_head.startswith("peak GPU")
                                else "the process's max RSS so far (cumulative across the runs of one invocation)")
         + "; **pretrain s**: wall time of pretraining including the per-epoch kNN monitor; **eval s**: feature "
-        "extraction, kNN and linear probe. Means over seeds.",
+        "extraction, kNN and linear probe. Means over seeds. The run's own clock counts whatever else shared the "
+        "machine; **images/s alone** is the step timed by itself (`--time-steps`: a short run of the same config, "
+        "steps timed after warm-up steps) and **training min alone** the steps done times that step time: what "
+        "the pretraining costs on the idle machine, monitor excluded.",
     ]
     if any(is_oracle(r["combo"]) for r in rows):
         lines.append("- **+mask_false_negatives** is the label-oracle control (docs/evaluation.md): the host's loss with "
@@ -699,6 +765,15 @@ def render_table(data: dict, out_json: Path) -> str:
         envs.setdefault(key, []).append(e.get("date", "")[:10])
     for (dev, tv, lv), dates in sorted(envs.items(), key=lambda kv: str(kv[0])):
         lines.append(f"- Machine: {dev}; torch {tv}, lightning {lv}; runs dated {min(dates)} to {max(dates)}.")
+    times = [t for t in (data.get("steptime") or {}).values()]
+    if times:
+        dates = [t["date"][:10] for t in times]
+        others = [t["others_cpu_share"] for t in times if t.get("others_cpu_share") is not None]
+        lines.append(f"- Step times alone: {len(times)} combinations, {times[0]['timed_steps']} steps timed after "
+                     f"{times[0]['warmup_steps']} warm-up steps, dated {min(dates)} to {max(dates)}"
+                     + (f"; other processes used at most {100 * max(others):.1f}% of the CPUs meanwhile" if others
+                        else "") + ".")
+    lines += render_claims(data, rows)
     lines += ["", "Per seed (last epoch, %):", "",
               "| method | seed | kNN top-1 | linear top-1 | images/s | pretrain s |", "|---|---|---|---|---|---|"]
     for r in sorted(data.get("runs", []), key=lambda r: ([x["combo"] for x in rows].index(r["combo"]), r["seed"])):
@@ -710,6 +785,85 @@ def render_table(data: dict, out_json: Path) -> str:
         lines += ["", "Failed (not in the table): " + "; ".join(
             f"{f['combo']} seed {f['seed']}: {f['error'][:120]}" for f in data["failures"])]
     return "\n".join(lines) + "\n"
+
+
+# the papers' claims at this budget: (row that should be better, the row it should beat)
+CLAIMS = (("msvq", "mocov2"), ("msvq", "ressl"), ("pnnclr", "nnclr"), ("wcl", "simclr"),
+          ("mocov2+ascl", "mocov2"), ("byol+ascl", "byol"),
+          ("simclr+bsim", "simclr"), ("mocov2+bsim", "mocov2"), ("byol+bsim", "byol"))
+METRICS = (("knn_last_top1", "kNN"), ("linear_last_top1", "linear"))
+
+
+def verdict(a: dict, b: dict, key: str, seeds_needed: int) -> tuple[str, float | None, float | None]:
+    """Whether row ``a`` beats row ``b`` on ``key``: the difference of the means against the seeds'
+    spread (the sum of the two sample standard deviations, so that mean ± sd of the two rows do not
+    overlap); a verdict only with ``seeds_needed`` seeds in both rows."""
+    (ma, sa), (mb, sb) = a[key], b[key]
+    if ma is None or mb is None:
+        return "not run yet", None, None
+    diff = ma - mb
+    if min(a["n"], b["n"]) < seeds_needed:
+        return f"pending ({min(a['n'], b['n'])} of {seeds_needed} seeds)", diff, None
+    spread = (sa or 0.0) + (sb or 0.0)
+    if diff > spread:
+        return "reproduced", diff, spread
+    if -diff > spread:
+        return "reversed (beyond the spread)", diff, spread
+    return "not reproduced at this scale", diff, spread
+
+
+def _signed(x) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def render_claims(data: dict, rows: list[dict]) -> list[str]:
+    """The papers' claims, the label oracle's distance and the cost per point, from the rows."""
+    preset = PRESETS.get(data.get("preset"))
+    need = len(preset.seeds) if preset else 3
+    by = {r["combo"]: r for r in rows}
+    out = ["", f"The papers' claims at this budget (difference of the means, points; spread = the sum of the two "
+           f"rows' sample standard deviations; a verdict needs {need} seeds of both rows; \"reproduced\" only when "
+           "the difference exceeds the spread):", "",
+           "| claim | kNN difference | kNN spread | kNN verdict | linear difference | linear spread | linear verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for a, b in CLAIMS:
+        if a not in by and b not in by:
+            continue
+        cells = []
+        for key, _ in METRICS:
+            if a in by and b in by:
+                v, diff, spread = verdict(by[a], by[b], key, need)
+            else:
+                v, diff, spread = "not run yet", None, None
+            cells += [_signed(diff), "-" if spread is None else f"{spread:.2f}", v]
+        out.append(f"| {a} beats {b} | " + " | ".join(cells) + " |")
+    oracles = [r for r in rows if is_oracle(r["combo"]) and r["knn_last_top1"][0] is not None]
+    methods = [r for r in rows if not r["baseline"] and not is_oracle(r["combo"])]
+    pixels = by.get("pixels")
+    if oracles and methods:
+        best = {key: max(oracles, key=lambda r: r[key][0]) for key, _ in METRICS}
+        out += ["", "Distance to the label oracle (the better `+mask_false_negatives` row per metric: kNN "
+                f"{best['knn_last_top1']['combo']}, linear {best['linear_last_top1']['combo']}; points below it):", "",
+                "| method | seeds | kNN below the oracle | linear below the oracle |", "|---|---|---|---|"]
+        for r in methods:
+            gaps = [_signed(best[k][k][0] - r[k][0]) if r[k][0] is not None else "-" for k, _ in METRICS]
+            out.append(f"| {r['combo']} | {r['n']} | " + " | ".join(gaps) + " |")
+    timed = [r for r in methods if r["train_min_alone"] and r["knn_last_top1"][0] is not None]
+    if pixels and pixels["knn_last_top1"][0] is not None and timed:
+        px = pixels["knn_last_top1"][0]
+
+        def front(r):  # no other row is at least as good in kNN and faster alone
+            return not any(o is not r and o["knn_last_top1"][0] >= r["knn_last_top1"][0]
+                           and o["train_min_alone"] < r["train_min_alone"] for o in timed)
+
+        out += ["", "Cost per point: kNN points above raw pixels against the training minutes alone (the "
+                "representation per CPU second); * = on the front (no other row is as good in kNN and faster):", "",
+                "| method | training min alone | kNN above pixels | points per training minute |", "|---|---|---|---|"]
+        for r in sorted(timed, key=lambda r: r["train_min_alone"]):
+            gain = r["knn_last_top1"][0] - px
+            out.append(f"| {r['combo']}{' *' if front(r) else ''} | {r['train_min_alone']:.1f} | {gain:+.2f} | "
+                       f"{gain / r['train_min_alone']:+.3f} |")
+    return out
 
 
 def _figure(w, h):
@@ -747,8 +901,12 @@ def render_plots(data: dict, out_json: Path) -> list[Path]:
     for j, (key, title) in enumerate((("linear_last_top1", "linear probe top-1 (last epoch)"),
                                       ("knn_last_top1", "kNN top-1 (last epoch)"))):
         ax = fig.add_subplot(1, 2, j + 1)
+        alone = all(r["train_min_alone"] is not None for r in methods)
         for r in methods:
-            x, xsd = r["train_s"] if r["train_s"][0] is not None else r["pretrain_wall_s"]
+            if alone:
+                x, xsd = r["train_min_alone"], None
+            else:
+                x, xsd = r["train_s"] if r["train_s"][0] is not None else r["pretrain_wall_s"]
             y, ysd = r[key]
             if x is None or y is None:
                 continue
@@ -759,7 +917,8 @@ def render_plots(data: dict, out_json: Path) -> list[Path]:
         for name, ls in (("pixels", ":"), ("random_init", "--")):
             if name in bases and bases[name][key][0] is not None:
                 ax.axhline(bases[name][key][0], color="grey", ls=ls, lw=1, label=f"{name} (no pretraining)")
-        ax.set_xlabel("pretraining time without the kNN monitor (s, mean over seeds)")
+        ax.set_xlabel("training minutes alone (steps x the step timed alone)" if alone
+                      else "pretraining time without the kNN monitor (s, mean over seeds)")
         ax.set_ylabel("top-1 % (mean ± sd over seeds)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -848,6 +1007,35 @@ def best_combo(path: Path) -> str | None:
     return max(rows, key=lambda r: (r["linear_last_top1"][0], r["knn_last_top1"][0] or 0.0))["combo"]
 
 
+def time_all(args, preset: Preset, settings: dict, plan, out: Path) -> dict:
+    """``--time-steps``: each planned combination's step timed alone, recorded under ``steptime``."""
+    if args.timed_steps < 1 or args.warmup_steps < 1:
+        raise ConfigError(f"--timed-steps and --warmup-steps must be >= 1, got {args.timed_steps} and "
+                          f"{args.warmup_steps}")
+    combos = list(dict.fromkeys(c for c, _ in plan if c[0] not in BASELINES))
+    runs_dir = args.runs_dir.resolve()
+    for combo, method, plugins in combos:
+        build_config(combo, method, plugins, preset, 0, runs_dir, args.accelerator)  # every config checked first
+    splits = load_data(build_config("mocov2", "mocov2", (), preset, 0, runs_dir, args.accelerator)) if combos else None
+    timed = {}
+    for combo, method, plugins in combos:
+        entry = time_steps(combo, method, plugins, preset, splits, runs_dir, args.accelerator,
+                           warmup=args.warmup_steps, steps=args.timed_steps)
+        print(f"compare: {combo}: {entry['seconds_per_step']:.3f} s per step alone ({entry['img_s']:,.0f} images/s; "
+              f"other processes' share of the CPUs meanwhile {entry['others_cpu_share']})", flush=True)
+
+        def add(data, combo=combo, entry=entry):
+            data = data or new_results(preset, settings)
+            data.setdefault("steptime", {})[combo] = entry
+            return data
+
+        update_results(out, add)
+        timed[combo] = entry
+        gc.collect()
+    md, plots = render(out, quiet=True)
+    return {"ran": [], "skipped": [], "failed": [], "timed": timed, "table": md, "plots": plots, "out": out}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=list(PRESETS), default="gpu")
@@ -872,6 +1060,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "once the run is evaluated and recorded; results.json, metrics.csv and config.yaml stay)")
     ap.add_argument("--best-from", type=Path, default=RESULTS_DIR / "compare_gpu.json",
                     help="long preset: the results whose best combination gets the long run")
+    ap.add_argument("--time-steps", action="store_true",
+                    help="time each combination's training step alone (a short run of its config; run it on an "
+                         "otherwise idle machine) and record it in --out; pretrains nothing else")
+    ap.add_argument("--timed-steps", type=int, default=30, help="--time-steps: steps timed (default 30)")
+    ap.add_argument("--warmup-steps", type=int, default=5, help="--time-steps: steps run first, untimed (default 5)")
     ap.add_argument("--subset", type=int, help=argparse.SUPPRESS)  # tests: pretrain on N images, evaluate on N / 2
     args = ap.parse_args(argv)
 
@@ -901,6 +1094,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if (accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()))
                           else "cpu")
     runs_dir = args.runs_dir.resolve()
+
+    if args.time_steps:
+        return time_all(args, preset, settings, plan, out)
 
     # every config is built (and checked) before any work
     for (combo, method, plugins), seed in plan:

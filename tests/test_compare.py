@@ -175,3 +175,84 @@ def test_recorded_runs_hash_as_their_config_today(compare, tmp_path):
         assert compare.config_hash(cfg) == r["config_hash"]
         cfg.optim.grad_clip = 1.0  # a real change is
         assert compare.config_hash(cfg) != r["config_hash"]
+
+
+def _row(combo, knn, lin=None):
+    """An aggregated row of ``combo`` from per-seed kNN (and linear) values."""
+    lin = knn if lin is None else lin
+    runs = [{"combo": combo, "seed": i, "config_hash": "h", "knn_last_top1": k, "linear_last_top1": v, "steps": 100}
+            for i, (k, v) in enumerate(zip(knn, lin))]
+    return runs
+
+
+def test_claims_need_every_seed_and_a_difference_beyond_the_spread(compare, tmp_path):
+    runs = (_row("mocov2", [80.0, 81.0, 82.0])  # mean 81, sd 1
+            + _row("msvq", [84.0, 84.5, 85.0])  # mean 84.5, sd 0.5: +3.5 > 1.5
+            + _row("ressl", [83.0, 84.0, 85.0], [90.0, 90.0, 90.0])  # kNN +0.5 < 1.5; linear msvq 84.5 < 90
+            + _row("simclr", [80.0, 82.0])  # two seeds only
+            + _row("wcl", [90.0, 90.0])
+            + _row("simclr+mask_false_negatives", [88.0, 88.0, 88.0])
+            + [{"combo": "pixels", "seed": 0, "knn_last_top1": 80.0, "linear_last_top1": 82.0}])
+    data = {"preset": "cpu-budget", "settings": {}, "runs": runs,
+            "steptime": {"msvq": {"seconds_per_step": 0.6, "img_s": 426.7, "timed_steps": 30, "warmup_steps": 5,
+                                  "others_cpu_share": 0.01, "date": "2026-12-04T14:00:00"},
+                         "mocov2": {"seconds_per_step": 0.3, "img_s": 853.3, "timed_steps": 30, "warmup_steps": 5,
+                                    "others_cpu_share": 0.032, "date": "2026-12-04T14:05:00"}}}
+    text = compare.render_table(data, tmp_path / "compare_cpu-budget.json")
+    lines = {ln.split(" |")[0]: ln for ln in text.splitlines() if " beats " in ln}
+    assert lines["| msvq beats mocov2"].startswith("| msvq beats mocov2 | +3.50 | 1.50 | reproduced |")
+    assert lines["| msvq beats ressl"] == ("| msvq beats ressl | +0.50 | 1.50 | not reproduced at this scale "
+                                          "| -5.50 | 0.50 | reversed (beyond the spread) |")
+    assert "| wcl beats simclr | +9.00 | - | pending (2 of 3 seeds) |" in lines["| wcl beats simclr"]
+    assert "| pnnclr beats nnclr" not in lines  # neither row has run
+    # the oracle's distance, and the cost per point with the step timed alone (100 steps x 0.6 s = 1.0 min)
+    assert "| msvq | 3 | +3.50 | +3.50 |" in text
+    assert "| mocov2 * | 0.5 | +1.00 | +2.000 |" in text and "| msvq * | 1.0 | +4.50 | +4.500 |" in text
+    table_line = next(ln for ln in text.splitlines() if ln.startswith("| msvq | 3 |") and "±" in ln)
+    assert "| 427 | 1.0 |" in table_line
+    assert ("Step times alone: 2 combinations, 30 steps timed after 5 warm-up steps, dated 2026-12-04 to 2026-12-04; "
+            "other processes used at most 3.2% of the CPUs meanwhile") in text
+    # exactly at the spread is not beyond it
+    a = {"n": 3, "knn_last_top1": (82.0, 0.5)}
+    b = {"n": 3, "knn_last_top1": (81.0, 0.5)}
+    assert compare.verdict(a, b, "knn_last_top1", 3)[0] == "not reproduced at this scale"
+    assert compare.verdict({**a, "knn_last_top1": (82.01, 0.5)}, b, "knn_last_top1", 3)[0] == "reproduced"
+
+
+@pytest.mark.usefixtures("fmnist")
+def test_time_steps_records_each_step_alone_and_the_table_uses_it(compare, tmp_path):
+    out = tmp_path / "results" / "compare_cpu-smoke.json"
+    argv = ["--preset", "cpu-smoke", "--methods", "mocov2", "pixels", "--time-steps", "--timed-steps", "2",
+            "--warmup-steps", "1", "--subset", "384", "--accelerator", "cpu", "--out", str(out),
+            "--runs-dir", str(tmp_path / "runs")]
+    res = compare.main(argv)
+    assert set(res["timed"]) == {"mocov2"}  # the no-pretraining baselines have no step
+    entry = json.loads(out.read_text())["steptime"]["mocov2"]
+    assert entry["timed_steps"] == 2 and entry["warmup_steps"] == 1 and entry["batch_size"] == 128
+    assert entry["seconds_per_step"] > 0 and entry["img_s"] == pytest.approx(128 / entry["seconds_per_step"], rel=1e-2)
+    assert entry["machine"]["cpus"] and entry["date"]
+    if sys.platform.startswith("linux"):
+        assert 0.0 <= entry["others_cpu_share"] <= 1.0
+    assert not any((tmp_path / "runs").iterdir())  # the timing run leaves no run directory
+    with pytest.raises(ConfigError, match="--timed-steps"):
+        compare.main([a if a != "2" else "0" for a in argv])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/stat")
+def test_cpu_usage_sees_another_process_burn_the_cpu(compare):
+    """The step timing's "others" share: a real busy process is counted, this process's own time is not."""
+    import subprocess
+    import time
+
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        (busy0, own0), t0 = compare.cpu_usage(), time.perf_counter()
+        time.sleep(1.0)
+        (busy1, own1), t1 = compare.cpu_usage(), time.perf_counter()
+    finally:
+        burner.kill()
+        burner.wait()
+    others = (busy1 - busy0) - (own1 - own0)
+    assert own1 - own0 < 0.2  # this process slept
+    assert others > 0.5 * (t1 - t0)  # the burner had a core for most of the second
