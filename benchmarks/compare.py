@@ -658,6 +658,7 @@ def aggregate(data: dict) -> list[dict]:
                     "eval_wall_s"):
             row[key] = _mean_sd([r.get(key) for r in runs])
         row["peak_mem_kind"] = runs[-1].get("peak_mem_kind")
+        row["per_seed"] = {int(r["seed"]): {k: r.get(k) for k, _ in METRICS} for r in runs}
         row["resumed"] = any(r.get("resumed") for r in runs)
         # learning curve: mean over the seeds that logged each epoch; the random-init point at epoch 0
         curve: dict[int, list[float]] = {}
@@ -812,6 +813,18 @@ def verdict(a: dict, b: dict, key: str, seeds_needed: int) -> tuple[str, float |
     return "not reproduced at this scale", diff, spread
 
 
+def seeds_won(a: dict | None, b: dict | None) -> str:
+    """In how many of the seeds both rows ran ``a`` scored above ``b`` (the same seed: the same initial
+    weights and order of images), kNN and linear; information beside the verdict, not the verdict."""
+    if not a or not b:
+        return "-"
+    common = sorted(set(a["per_seed"]) & set(b["per_seed"]))
+    if not common:
+        return "-"
+    wins = [sum(1 for s in common if (a["per_seed"][s][k] or 0.0) > (b["per_seed"][s][k] or 0.0)) for k, _ in METRICS]
+    return f"{wins[0]}/{len(common)}, {wins[1]}/{len(common)}"
+
+
 def _signed(x) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
@@ -824,8 +837,9 @@ def render_claims(data: dict, rows: list[dict]) -> list[str]:
     out = ["", f"The papers' claims at this budget (difference of the means, points; spread = the sum of the two "
            f"rows' sample standard deviations; a verdict needs {need} seeds of both rows; \"reproduced\" only when "
            "the difference exceeds the spread):", "",
-           "| claim | kNN difference | kNN spread | kNN verdict | linear difference | linear spread | linear verdict |",
-           "|---|---|---|---|---|---|---|"]
+           "| claim | kNN difference | kNN spread | kNN verdict | linear difference | linear spread | linear verdict "
+           "| seeds won (kNN, linear) |",
+           "|---|---|---|---|---|---|---|---|"]
     for a, b in CLAIMS:
         if a not in by and b not in by:
             continue
@@ -836,6 +850,7 @@ def render_claims(data: dict, rows: list[dict]) -> list[str]:
             else:
                 v, diff, spread = "not run yet", None, None
             cells += [_signed(diff), "-" if spread is None else f"{spread:.2f}", v]
+        cells.append(seeds_won(by.get(a), by.get(b)))
         out.append(f"| {a} beats {b} | " + " | ".join(cells) + " |")
     oracles = [r for r in rows if is_oracle(r["combo"]) and r["knn_last_top1"][0] is not None]
     methods = [r for r in rows if not r["baseline"] and not is_oracle(r["combo"])]

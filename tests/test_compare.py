@@ -202,7 +202,8 @@ def test_claims_need_every_seed_and_a_difference_beyond_the_spread(compare, tmp_
     lines = {ln.split(" |")[0]: ln for ln in text.splitlines() if " beats " in ln}
     assert lines["| msvq beats mocov2"].startswith("| msvq beats mocov2 | +3.50 | 1.50 | reproduced |")
     assert lines["| msvq beats ressl"] == ("| msvq beats ressl | +0.50 | 1.50 | not reproduced at this scale "
-                                          "| -5.50 | 0.50 | reversed (beyond the spread) |")
+                                          "| -5.50 | 0.50 | reversed (beyond the spread) | 2/3, 0/3 |")
+    assert lines["| msvq beats mocov2"].endswith("| 3/3, 3/3 |")
     assert "| wcl beats simclr | +9.00 | - | pending (2 of 3 seeds) |" in lines["| wcl beats simclr"]
     assert "| pnnclr beats nnclr" not in lines  # neither row has run
     # the oracle's distance, and the cost per point with the step timed alone (100 steps x 0.6 s = 1.0 min)
