@@ -153,6 +153,22 @@ MUTANTS = [
            "        if False:",
            ("tests/test_backbones.py::test_timm_vit_is_sized_for_the_crop_and_kwargs_win",),
            "a timm ViT is built for the crop size"),
+    # the comparison's verdicts on the papers' claims (issue #19), in benchmarks/compare.py
+    Mutant("claim-at-the-spread-counts", "../../benchmarks/compare.py",
+           "    if diff > spread:\n        return \"reproduced\", diff, spread",
+           "    if diff >= spread:\n        return \"reproduced\", diff, spread",
+           ("tests/test_compare.py::test_claims_need_every_seed_and_a_difference_beyond_the_spread",),
+           "a claim is reproduced only when the difference exceeds the seeds' spread"),
+    Mutant("claim-spread-one-row-only", "../../benchmarks/compare.py",
+           "    spread = (sa or 0.0) + (sb or 0.0)",
+           "    spread = max(sa or 0.0, sb or 0.0)",
+           ("tests/test_compare.py::test_claims_need_every_seed_and_a_difference_beyond_the_spread",),
+           "the spread is both rows' sample standard deviations"),
+    Mutant("claim-judged-before-every-seed", "../../benchmarks/compare.py",
+           "    if min(a[\"n\"], b[\"n\"]) < seeds_needed:",
+           "    if min(a[\"n\"], b[\"n\"]) < 1:",
+           ("tests/test_compare.py::test_claims_need_every_seed_and_a_difference_beyond_the_spread",),
+           "no verdict before both rows have every seed of the preset"),
 ]
 
 # mutants the suite lets live on purpose, with the reason (kept short and honest)
