@@ -178,7 +178,7 @@ def test_recorded_runs_hash_as_their_config_today(compare, tmp_path):
 
 
 def _row(combo, knn, lin=None):
-    """An aggregated row of ``combo`` from per-seed kNN (and linear) values."""
+    """Run records of ``combo``, one per seed, from per-seed kNN (and linear) values."""
     lin = knn if lin is None else lin
     runs = [{"combo": combo, "seed": i, "config_hash": "h", "knn_last_top1": k, "linear_last_top1": v, "steps": 100}
             for i, (k, v) in enumerate(zip(knn, lin))]
