@@ -58,6 +58,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from relssl.config import CONFIG_DIR, resolve_recipe  # noqa: E402
 from relssl.config import TrainerConfig, apply_overrides, config_from_dict, read_yaml  # noqa: E402
@@ -70,6 +71,7 @@ from relssl.metrics.knn import extract_features, knn_accuracy  # noqa: E402
 from relssl.evaluate.linear import LinearProbeConfig, linear_probe_features  # noqa: E402
 from relssl.methods import METHODS  # noqa: E402
 from relssl.methods.plugins import PLUGINS, hosts_of  # noqa: E402
+from steptime import seconds_per_step  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 KNN_K, KNN_T = 200, 0.1
@@ -223,10 +225,10 @@ def method_overrides(method: str, p: Preset) -> list[str]:
 
 
 def build_config(combo: str, method: str, plugins: tuple[str, ...], p: Preset, seed: int, runs_dir: Path,
-                 accelerator: str, extra: tuple[str, ...] = (), prefix: str = "compare"):
-    """``extra``: overrides after the preset's (the step timing's short runs); ``prefix``: of the run name."""
+                 accelerator: str, prefix: str = "compare"):
+    """``prefix``: of the run name (the step timing's short runs use their own)."""
     raw = read_yaml(resolve_recipe(recipe_name(combo)))
-    raw = apply_overrides(raw, shared_overrides(p, seed, accelerator) + method_overrides(method, p) + list(extra))
+    raw = apply_overrides(raw, shared_overrides(p, seed, accelerator) + method_overrides(method, p))
     raw["name"] = run_name(p.name, combo, seed).replace("compare-", prefix + "-", 1)
     raw["output_dir"] = str(runs_dir)
     cfg = config_from_dict(raw)
@@ -573,53 +575,14 @@ def run_baseline(name: str, seed: int, p: Preset, splits, linear_epochs: int, de
             "device": device.type, "environment": environment()}
 
 
-def cpu_usage() -> tuple[float, float] | None:
-    """(CPU seconds all processes have been busy, this process's CPU seconds) now; None off Linux."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    t = os.times()
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), t.user + t.system
-
-
 def time_steps(combo: str, method: str, plugins: tuple[str, ...], p: Preset, splits, runs_dir: Path,
                accelerator: str, warmup: int = 5, steps: int = 30) -> dict:
-    """Seconds per training step of ``combo`` under preset ``p``, measured now: a short run of the
-    same config (seed 0, monitor off) through the engine, ``steps`` steps timed after ``warmup``.
-
-    The runs' own clocks count whatever else shared the cores; this is the time the step takes on
-    the machine as it is now. Run it alone: the share of the CPUs that other processes used while
-    the steps were timed is recorded (Linux; None elsewhere)."""
-    cfg = build_config(combo, method, plugins, p, 0, runs_dir, accelerator, prefix="steptime",
-                       extra=(f"optim.max_steps={warmup + steps}", "trainer.knn_every=0", "trainer.knn_at_start=false",
-                              "trainer.monitor=none", "trainer.monitor_subset=0"))
-    marks: dict[int, float] = {}
-    usage: dict[int, tuple[float, float] | None] = {}
-
-    class Marks(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize(pl_module.device)
-            marks[trainer.global_step] = time.perf_counter()
-            if trainer.global_step in (warmup, warmup + steps):
-                usage[trainer.global_step] = cpu_usage()
-
-    run_dir = runs_dir / cfg.name
-    shutil.rmtree(run_dir, ignore_errors=True)  # a timing run of an earlier call
-    try:
-        pretrain(cfg, splits=splits, quiet=True, extra_callbacks=[Marks()])
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if warmup + steps not in marks or warmup not in marks:
-        raise RuntimeError(f"{combo}: the timing run stopped at step {max(marks, default=0)}, not {warmup + steps}")
-    elapsed = marks[warmup + steps] - marks[warmup]
-    sps = elapsed / steps
-    others = None
-    if usage.get(warmup) and usage.get(warmup + steps):
-        (busy0, own0), (busy1, own1) = usage[warmup], usage[warmup + steps]
-        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (elapsed * (os.cpu_count() or 1))
+    """Seconds per training step of ``combo`` under preset ``p``, measured now (``steptime.py``: a
+    short run of the same config, seed 0, monitor off). The runs' own clocks count whatever else
+    shared the cores; this is the step on the machine as it is now, with the share of the CPUs that
+    other processes used meanwhile."""
+    cfg = build_config(combo, method, plugins, p, 0, runs_dir, accelerator, prefix="steptime")
+    sps, others = seconds_per_step(cfg, splits, warmup=warmup, steps=steps)
     batch = cfg.optim.batch_size
     return {"seconds_per_step": round(sps, 4), "img_s": round(batch / sps, 1), "batch_size": batch,
             "warmup_steps": warmup, "timed_steps": steps,

@@ -41,6 +41,7 @@ from relssl.engine import pretrain  # noqa: E402
 from relssl.config import load_data
 from relssl.engine.rundir import environment  # noqa: E402
 from relssl.metrics.knn import knn_accuracy, pixel_features_pair  # noqa: E402
+from steptime import seconds_per_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BANK, TEST = 10000, 5000
@@ -128,17 +129,8 @@ def run_candidate(name: str, out_dir: Path) -> dict:
 def retime(name: str, out_dir: Path, warmup: int = 5, steps: int = 30) -> float:
     """Quiet seconds per training step of candidate ``name`` (a short run of its config)."""
     overrides, _ = CANDIDATES[name]
-    cfg = load_config(resolve_recipe("fashion_mnist/simclr"),
-                      BASE + overrides + [f"output_dir={out_dir}", f"optim.max_steps={warmup + steps}",
-                                          "trainer.knn_every=0", "trainer.knn_at_start=false"])
-    marks: dict[int, float] = {}
-
-    class Marks(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            marks[trainer.global_step] = time.perf_counter()
-
-    pretrain(cfg, quiet=True, extra_callbacks=[Marks()])
-    return (marks[warmup + steps] - marks[warmup]) / steps
+    cfg = load_config(resolve_recipe("fashion_mnist/simclr"), BASE + overrides + [f"output_dir={out_dir}"])
+    return seconds_per_step(cfg, warmup=warmup, steps=steps)[0]
 
 
 def plot(data: dict, path: Path) -> None:
