@@ -12,6 +12,11 @@ an SGD step (what a MoCo-style step must compute at least). Method rate: the rea
 (Lightning, PretrainModule) on device-resident uint8 images with the method's batched views,
 its loss, EMA and queue updates. Both use bf16 autocast and channels_last on a GPU, float32 on
 the CPU. Images/s counts each source image once (not each view).
+
+GPU busy (CUDA only): after the timed steps, 5 more steps run under torch.profiler, which records
+how long the GPU spent in kernels and copies (torch's "Self CUDA time total"); divided by the
+unprofiled step time it says whether a step is bound by the GPU's arithmetic (near 1) or by the
+host launching work (well below 1, where fewer, larger kernels, CUDA graphs or torch.compile pay).
 """
 
 from __future__ import annotations
@@ -43,8 +48,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+PROFILED_STEPS = 5
+
+
+def device_busy_ms(prof: torch.profiler.profile) -> float:
+    """Milliseconds of GPU kernels and copies recorded by ``prof`` (the sum torch's profiler table
+    prints as "Self CUDA time total": device events only, user annotations excluded)."""
+    cuda = torch.autograd.DeviceType.CUDA
+    return sum(e.self_device_time_total for e in prof.events()
+               if e.device_type == cuda and not getattr(e, "is_user_annotation", False)) / 1e3
+
+
+def profiler() -> torch.profiler.profile:
+    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+
+
 def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, steps: int, warmup: int,
-            kwargs: dict | None = None) -> float:
+            kwargs: dict | None = None) -> tuple[float, float | None]:
+    """images/s of the ceiling's loop and, on CUDA, the GPU's busy milliseconds per step."""
     student, _ = build_backbone(backbone_name, in_channels=3, cifar_stem=True, kwargs=kwargs, image_size=size)
     student.to(device)
     teacher = make_teacher(student).to(device)
@@ -74,29 +95,53 @@ def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, ste
     for _ in range(steps):
         step()
     sync(device)
-    return batch * steps / (time.perf_counter() - t0)
+    rate = batch * steps / (time.perf_counter() - t0)
+    busy = None
+    if device.type == "cuda":
+        with profiler() as prof:
+            for _ in range(PROFILED_STEPS):
+                step()
+            sync(device)
+        busy = device_busy_ms(prof) / PROFILED_STEPS
+    return rate, busy
 
 
 class Timer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1, self.n = warmup, None, None, 0
+    """Wall time from the end of step ``warmup`` to the end of step ``stop``; on CUDA, then the GPU's
+    busy time over the next ``PROFILED_STEPS`` steps under the profiler."""
+
+    def __init__(self, warmup: int, stop: int, profile: bool) -> None:
+        self.warmup, self.stop, self.profile = warmup, stop, profile
+        self.t0 = self.t1 = self.prof = self.busy_ms = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.profile and trainer.global_step == self.stop:
+            self.prof = profiler()
+            self.prof.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step == self.warmup:
             sync(pl_module.device)
             self.t0 = time.perf_counter()
-            self.start_step = step
-        elif self.t0 is not None:
-            sync(pl_module.device) if step == trainer.max_steps else None
-            self.t1, self.n = time.perf_counter(), step - self.start_step
+        elif step == self.stop:
+            sync(pl_module.device)
+            self.t1 = time.perf_counter()
+        elif self.prof is not None and step == self.stop + PROFILED_STEPS:
+            sync(pl_module.device)
+            self.prof.__exit__(None, None, None)
+            self.busy_ms = device_busy_ms(self.prof) / PROFILED_STEPS
+            self.prof = None
 
 
 def method_rate(method: str, backbone_name: str, batch: int, size: int, device: torch.device, steps: int,
-                warmup: int, data: DatasetSplits, kwargs: dict | None = None) -> tuple[float, float]:
+                warmup: int, data: DatasetSplits, kwargs: dict | None = None) -> tuple[float, float, float | None]:
+    """images/s of the method's real step, its peak GPU memory (GiB) and, on CUDA, the GPU's busy ms per step."""
+    cuda = device.type == "cuda"
+    total = warmup + steps + (PROFILED_STEPS if cuda else 0)
     raw = {"method": {"name": method}, "backbone": {"name": backbone_name, "bn_splits": 1, "kwargs": kwargs or {}},
            "data": {"crop_size": size},
-           "optim": {"batch_size": batch, "epochs": 10, "warmup_epochs": 0, "max_steps": warmup + steps},
+           "optim": {"batch_size": batch, "epochs": 10, "warmup_epochs": 0, "max_steps": total},
            "trainer": {"knn_every": 0, "knn_at_start": False, "progress_bar": False}}
     if method == "mocov2":
         # symmetric: two student forward+backward and two teacher forward passes per image, the
@@ -105,19 +150,19 @@ def method_rate(method: str, backbone_name: str, batch: int, size: int, device: 
     cfg = config_from_dict(raw)
     L.seed_everything(0, verbose=False)
     module = PretrainModule(cfg, data)
-    timer = Timer(warmup)
+    timer = Timer(warmup, warmup + steps, profile=cuda)
     accel = "gpu" if device.type == "cuda" else "cpu"
     trainer = L.Trainer(accelerator=accel, devices=1, precision="bf16-mixed" if accel == "gpu" else "32-true",
-                        max_steps=warmup + steps, logger=False, enable_checkpointing=False, callbacks=[timer],
+                        max_steps=total, logger=False, enable_checkpointing=False, callbacks=[timer],
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                         benchmark=accel == "gpu")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module)
     sync(device)
-    rate = batch * timer.n / (timer.t1 - timer.t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return rate, peak
+    rate = batch * steps / (timer.t1 - timer.t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return rate, peak, timer.busy_ms
 
 
 def main() -> None:
@@ -140,17 +185,26 @@ def main() -> None:
                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     ds = ImageDataset(imgs, torch.randint(0, 10, (args.images,), generator=g))
     data = DatasetSplits(info=info, pretrain=ds, bank=ds, test=ds)
-    ceil = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup, kwargs)
+    ceil, ceil_busy = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup, kwargs)
     rows = []
     print(f"device {environment()['device']}; backbone {args.backbone} {kwargs or ''}; batch {args.batch}; "
           f"{args.size}x{args.size}")
-    print(f"{'':12s} {'images/s':>10s} {'of ceiling':>10s} {'peak GiB':>9s}")
-    print(f"{'ceiling':12s} {ceil:10.0f} {1.0:10.2f}")
+    print(f"{'':12s} {'images/s':>10s} {'of ceiling':>10s} {'peak GiB':>9s} {'step ms':>8s} {'GPU ms':>7s} {'GPU busy':>8s}")
+
+    def line(name: str, rate: float, peak: float, busy: float | None) -> dict:
+        step_ms = 1e3 * args.batch / rate
+        print(f"{name:12s} {rate:10.0f} {rate / ceil:10.2f} {peak:9.2f} {step_ms:8.1f}"
+              + (f" {busy:7.1f} {busy / step_ms:8.2f}" if busy is not None else ""))
+        return {"images_per_s": round(rate, 1), "ratio": round(rate / ceil, 3),
+                "peak_gib": None if peak != peak else round(peak, 2), "step_ms": round(step_ms, 2),
+                "gpu_busy_ms_per_step": None if busy is None else round(busy, 2),
+                "gpu_busy_fraction": None if busy is None else round(busy / step_ms, 3)}
+
+    ceiling_row = line("ceiling", ceil, float("nan"), ceil_busy)
     for m in args.methods:
-        rate, peak = method_rate(m, args.backbone, args.batch, args.size, device, args.steps, args.warmup, data, kwargs)
-        rows.append({"method": m, "images_per_s": round(rate, 1), "ratio": round(rate / ceil, 3),
-                     "peak_gib": None if peak != peak else round(peak, 2)})
-        print(f"{m:12s} {rate:10.0f} {rate / ceil:10.2f} {peak:9.2f}")
+        rate, peak, busy = method_rate(m, args.backbone, args.batch, args.size, device, args.steps, args.warmup, data,
+                                       kwargs)
+        rows.append({"method": m, **line(m, rate, peak, busy)})
     if args.save:
         env = environment()
         out = Path(__file__).parent / "results" / (
@@ -159,7 +213,8 @@ def main() -> None:
         out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "backbone": args.backbone,
                                    "backbone_kwargs": kwargs,
                                    "batch": args.batch, "size": args.size, "steps": args.steps,
-                                   "ceiling_images_per_s": round(ceil, 1), "methods": rows, "environment": env},
+                                   "ceiling_images_per_s": round(ceil, 1), "ceiling": ceiling_row,
+                                   "methods": rows, "environment": env},
                                   indent=2))
         print(f"saved {out}")
 
