@@ -6,8 +6,8 @@ backbone, and on raw (mean-centred) pixels. On Fashion-MNIST those baselines are
 80%, so the gain over them is what shows the method learned something.
 
 Hardware decides the budget: with a GPU, the packaged ResNet-18 recipe as it is; on a CPU-only
-machine, a small conv net for 3 epochs of all 60,000 images, about 5 minutes of training on 2
-cores.
+machine, a small conv net for 3 epochs of all 60,000 images: 5 to 11 minutes of training on 2
+cores, by the machine.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from relssl.metrics.knn import knn_accuracy, pixel_features_pair
 
 # CPU budget, from the measurements of benchmarks/cpu_budget.py (docs/comparison.md): the 4-layer
 # conv net with a 2x2 feature grid (convnet_grid) at the native 28 px, all 60,000 images for 3
-# epochs: about 5 minutes of training on 2 idle cores (README, "Quick start")
+# epochs at the comparison's lr 0.3: 5 to 11 minutes of training on 2 idle cores, by the machine
+# (README, "Quick start")
 CPU_OVERRIDES = [
     "backbone.name=convnet_grid", "backbone.bn_splits=1", "data.crop_size=28",
     "data.bank_subset=10000", "data.test_subset=5000",
-    "optim.batch_size=256", "optim.epochs=3", "optim.warmup_epochs=0.5", "optim.lr=0.1",
+    "optim.batch_size=256", "optim.epochs=3", "optim.warmup_epochs=0.5", "optim.lr=0.3",
     "trainer.knn_every=3", "trainer.monitor_subset=0", "trainer.threads=2",
 ]
 # per method on the CPU: SimCLR with the MoCo v2 crop range (0.2-1: the 0.08 of SimCLR's own
