@@ -2,7 +2,8 @@
 # The GPU measurements this project owes, in as few calls as a lent GPU session allows (at most 10
 # minutes a call, 15 minutes of device time a session, a machine's start included). Run from the
 # repository root on the GPU machine. The speed stage ran on 2026-12-04 (H200; results and the log
-# benchmarks/results/gpu_session_20261204.log); what is owed now is the comparison: with the committed
+# benchmarks/results/gpu_session_20261204.log); what is owed now (`owed`) is one GPU test, the
+# GPU-busy column of the throughput and the comparison: with the committed
 # benchmarks/results/compare_gpu.json in the tree, `compare` skips the runs already done (a run takes
 # 90-120 s: about 5 per call of 540 s).
 #
@@ -12,6 +13,8 @@
 #   bash benchmarks/gpu_session.sh compare 1 540    # next call / next session: seed 1 (the JSON says what is done)
 #   bash benchmarks/gpu_session.sh all 560          # one call: the CUDA tests, then every speed step, then the
 #                                                   # comparison (seed 0) in whatever remains of the 560 s
+#   bash benchmarks/gpu_session.sh owed 560         # NEXT: the GPU test left out on 2026-12-04, throughput with
+#                                                   # its GPU-busy column, then the comparison (seeds 0 1 2) till 560 s
 #
 # Data: Fashion-MNIST from $RELSSL_DATA (carry the IDX files, e.g. in the git-ignored .carry/fmnist).
 # Results: benchmarks/results/*, packed into $OUT/gpu_results.tar.gz when $OUT is set (the device machine
@@ -77,6 +80,18 @@ case "$stage" in
     fi
     echo "=== done in $(( $(date +%s) - T0 )) s; failed: ${#failed[@]}"; for f in "${failed[@]}"; do echo "  $f"; done
     ;;
+  owed)
+    # what the session of 2026-12-04 left: the whole-step no-sync GPU test (with the rest of the CUDA
+    # selection, ~40 s), throughput with its new GPU-busy column (~75 s), then the comparison, seed by seed
+    step 90 $PY -m pytest -q -rs tests/test_losses_api.py tests/test_augment.py tests/test_losses_graph.py \
+      tests/test_precision.py tests/test_engine.py tests/test_no_host_sync.py -k "cuda or gpu or bf16 or autocast"
+    step 150 $PY benchmarks/throughput.py --save
+    left=$(( deadline - ($(date +%s) - T0) - 15 ))
+    if [ "$left" -gt 60 ]; then
+      step "$left" $PY benchmarks/compare.py --preset gpu --seeds 0 1 2 --time-budget $(( left - 60 ))
+    fi
+    echo "=== done in $(( $(date +%s) - T0 )) s; failed: ${#failed[@]}"; for f in "${failed[@]}"; do echo "  $f"; done
+    ;;
   compare)
     seed="${2:-0}"
     budget="${3:-540}"
@@ -87,7 +102,7 @@ case "$stage" in
     $PY benchmarks/compare.py --preset long --best-from benchmarks/results/compare_gpu.json --time-budget "$budget"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh speed | all SECONDS | compare SEED [SECONDS] | long [SECONDS]" >&2
+    echo "usage: bash benchmarks/gpu_session.sh speed | all SECONDS | owed SECONDS | compare SEED [SECONDS] | long [SECONDS]" >&2
     exit 2
     ;;
 esac
