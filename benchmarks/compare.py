@@ -7,6 +7,7 @@
     python benchmarks/compare.py --preset gpu --table-only             # re-render table and plots
     python benchmarks/compare.py --preset gpu --dry-run                # build and check every config, run nothing
     python benchmarks/compare.py --preset cpu-budget --time-steps      # each step timed alone (idle machine)
+    python benchmarks/compare.py --preset cpu-budget --table-only --docs docs/comparison.md   # and the page's block
 
 Each combination starts from its packaged Fashion-MNIST recipe (``configs/fashion_mnist/<name>.yaml``),
 then the preset's shared budget overrides it: backbone, crop / evaluation size, batch, epochs,
@@ -844,6 +845,63 @@ def render_claims(data: dict, rows: list[dict]) -> list[str]:
     return out
 
 
+def docs_markers(out_json: Path) -> tuple[str, str]:
+    """The HTML comments that fence a results file's generated block in a Markdown page."""
+    return (f"<!-- begin generated block: {out_json.name} (compare.py --docs) -->",
+            f"<!-- end generated block: {out_json.name} -->")
+
+
+def render_docs_block(data: dict, out_json: Path) -> str:
+    """What a docs page shows of a results file: one row per combination (mean and spread over the
+    seeds so far), the rows against the file's own raw-pixels floor, and the claims section."""
+    rows = aggregate(data)
+    try:
+        where = out_json.resolve().relative_to(ROOT)
+    except ValueError:
+        where = Path(out_json.name)
+    cmd = f"python benchmarks/compare.py --preset {data.get('preset')} --table-only --docs <this page>"
+    lines = [f"Generated from `{where}` by `{cmd}` (do not edit by hand: a test compares this block with the file).",
+             "Last epoch, mean ± sample sd over the seeds counted; training minutes alone: the steps done times "
+             "the step time measured alone (`--time-steps`).", "",
+             "| combination | seeds | kNN top-1 % | linear top-1 % | training min alone |", "|---|---|---|---|---|"]
+    for r in rows:
+        name = r["combo"] + (" (no pretraining)" if r["baseline"] else "") + (
+            " (label oracle)" if is_oracle(r["combo"]) else "")
+        minutes = "-" if r["train_min_alone"] is None else f"{r['train_min_alone']:.1f}"
+        lines.append(f"| {name} | {r['n']} | {_fmt(*r['knn_last_top1'])} | {_fmt(*r['linear_last_top1'])} "
+                     f"| {minutes} |")
+    pixels = next((r for r in rows if r["combo"] == "pixels"), None)
+    pretrained = [r for r in rows if not r["baseline"] and not is_oracle(r["combo"])]
+    lines.append("")
+    if pixels is None:
+        lines.append("This file has no raw-pixels row yet: the floor comes with the preset's baseline runs.")
+    elif pretrained:
+        parts = []
+        for key, label in METRICS:
+            gains = [r[key][0] - pixels[key][0] for r in pretrained if r[key][0] is not None]
+            above = sum(g > 0 for g in gains)
+            parts.append(f"{label} {pixels[key][0]:.2f}%: {above} of {len(gains)} self-supervised rows above it "
+                         f"(from {min(gains):+.2f} to {max(gains):+.2f} points)")
+        lines.append("Against this file's raw-pixels row (" + "; ".join(parts) + ").")
+    lines += render_claims(data, rows)
+    return "\n".join(lines) + "\n"
+
+
+def sync_docs(page: Path, out_json: Path, data: dict) -> bool:
+    """Rewrite the generated block of ``out_json`` in ``page``; True when the page changed.
+    The page must already hold the two markers (``docs_markers``), begin before end."""
+    begin, end = docs_markers(out_json)
+    text = page.read_text()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise SystemExit(f"compare: error: {page} has no generated block for {out_json.name}; put the two lines "
+                         f"'{begin}' and '{end}' where the block belongs, then run again")
+    new = text[:i + len(begin)] + "\n" + render_docs_block(data, out_json) + text[j:]
+    if new != text:
+        write_atomic(page, new)
+    return new != text
+
+
 def _figure(w, h):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1027,6 +1085,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "compare",
                     help="run directories (default runs/compare)")
     ap.add_argument("--table-only", action="store_true", help="render the table and plots from --out, run nothing")
+    ap.add_argument("--docs", type=Path, help="also rewrite this results file's generated block in a Markdown page "
+                    "(between its markers; docs/comparison.md holds the cpu-budget one)")
     ap.add_argument("--dry-run", action="store_true", help="build and check every config, print the plan, run nothing")
     ap.add_argument("--linear-epochs", type=int, help="linear-probe epochs (default: the preset's; gpu and long 100)")
     ap.add_argument("--epochs", type=int, help="pretraining epochs (default: the preset's; gpu 10, long 100); the "
@@ -1060,8 +1120,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"_p{linear_epochs}" if linear_epochs != base.linear_epochs else "") + (
         f"_n{preset.subset}" if preset.subset != base.subset else "")
     out = (args.out or RESULTS_DIR / f"{stem}.json").resolve()
+    if args.docs is not None and not args.docs.is_file():
+        raise SystemExit(f"compare: error: --docs {args.docs}: no such file; name the Markdown page that holds the "
+                         "generated block (e.g. docs/comparison.md)")
     if args.table_only:
         md, plots = render(out)
+        if args.docs is not None and md is not None:
+            changed = sync_docs(args.docs, out, read_results(out))
+            print(f"compare: {args.docs} {'updated' if changed else 'already up to date'}", flush=True)
         return {"ran": [], "skipped": [], "failed": [], "table": md, "plots": plots}
 
     settings = preset_settings(preset, linear_epochs)
@@ -1161,6 +1227,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         update_results(out, add)
         ran.append((combo, seed))
+        if args.docs is not None:  # the page follows the file run by run
+            sync_docs(args.docs, out, read_results(out))
         print(f"compare: {combo} seed {seed}: kNN {entry['knn_last_top1']:.2f}%, "
               f"linear {entry['linear_last_top1']:.2f}% (last epoch); {entry['total_s']:.0f} s", flush=True)
     if not_started:

@@ -169,6 +169,16 @@ MUTANTS = [
            "    if min(a[\"n\"], b[\"n\"]) < 1:",
            ("tests/test_compare.py::test_claims_need_every_seed_and_a_difference_beyond_the_spread",),
            "no verdict before both rows have every seed of the preset"),
+    Mutant("docs-block-eats-the-end-marker", "../../benchmarks/compare.py",
+           "render_docs_block(data, out_json) + text[j:]",
+           "render_docs_block(data, out_json) + text[j + len(end):]",
+           ("tests/test_compare.py::test_sync_docs_rewrites_only_its_block_and_refuses_a_page_without_one",),
+           "the docs' generated block is rewritten in place, the page around it kept"),
+    Mutant("docs-block-counts-every-row-above-pixels", "../../benchmarks/compare.py",
+           "            above = sum(g > 0 for g in gains)",
+           "            above = len(gains)",
+           ("tests/test_compare.py::test_sync_docs_rewrites_only_its_block_and_refuses_a_page_without_one",),
+           "the docs say how many rows beat raw pixels, not how many there are"),
 ]
 
 # mutants the suite lets live on purpose, with the reason (kept short and honest)

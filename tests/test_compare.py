@@ -258,3 +258,56 @@ def test_cpu_usage_sees_another_process_burn_the_cpu(compare):
     others = (busy1 - busy0) - (own1 - own0)
     assert own1 - own0 < 0.2  # this process slept
     assert others > 0.5 * (t1 - t0)  # the burner had a core for most of the second
+
+
+def test_the_docs_block_is_what_the_committed_results_file_renders(compare, tmp_path):
+    """docs/comparison.md shows the cpu-budget results through a generated block: it must equal what
+    compare.py renders from the results file (run `compare.py --preset cpu-budget --table-only --docs
+    docs/comparison.md` after a run is recorded)."""
+    page, results = ROOT / "docs" / "comparison.md", ROOT / "benchmarks" / "results" / "compare_cpu-budget.json"
+    copy = tmp_path / "comparison.md"
+    copy.write_text(page.read_text())
+    assert compare.sync_docs(copy, results, compare.read_results(results)) is False, (
+        "docs/comparison.md's generated block is stale: python benchmarks/compare.py --preset cpu-budget "
+        "--table-only --docs docs/comparison.md")
+
+
+def test_sync_docs_rewrites_only_its_block_and_refuses_a_page_without_one(compare, tmp_path):
+    out = tmp_path / "compare_cpu-budget.json"
+    runs = (_row("mocov2", [80.0, 81.0, 82.0]) + _row("msvq", [84.0, 84.5, 85.0])
+            + _row("mocov2+mask_false_negatives", [88.0, 88.0, 88.0])
+            + [{"combo": "pixels", "seed": 0, "knn_last_top1": 82.0, "linear_last_top1": 84.0}])
+    data = {"preset": "cpu-budget", "settings": {}, "runs": runs,
+            "steptime": {"msvq": {"seconds_per_step": 0.6, "img_s": 426.7}}}
+    begin, end = compare.docs_markers(out)
+    page = tmp_path / "page.md"
+    page.write_text(f"# Title\n\nbefore\n\n{begin}\nold numbers\n{end}\n\nafter\n")
+    assert compare.sync_docs(page, out, data) is True
+    text = page.read_text()
+    assert text.startswith(f"# Title\n\nbefore\n\n{begin}\n") and text.endswith(f"{end}\n\nafter\n")
+    assert "old numbers" not in text
+    assert "| msvq | 3 | 84.50 ± 0.50 | 84.50 ± 0.50 | 1.0 |" in text  # 100 steps x 0.6 s
+    assert "| mocov2+mask_false_negatives (label oracle) | 3 |" in text
+    assert "| pixels (no pretraining) | 1 | 82.00 | 84.00 | - |" in text
+    # pretrained rows against the pixels row: msvq above in both, mocov2 below in both
+    assert ("Against this file's raw-pixels row (kNN 82.00%: 1 of 2 self-supervised rows above it (from -1.00 to "
+            "+2.50 points); linear 84.00%: 1 of 2 self-supervised rows above it (from -3.00 to +0.50 points)).") in text
+    assert "| msvq beats mocov2 | +3.50 | 1.50 | reproduced |" in text
+    assert compare.sync_docs(page, out, data) is False  # nothing to change the second time
+    assert page.read_text() == text
+    # a page without the block: a one-line error naming the markers; the page stays as it was
+    bare = tmp_path / "bare.md"
+    bare.write_text("# Nothing here\n")
+    with pytest.raises(SystemExit, match="has no generated block for compare_cpu-budget.json; put the two lines"):
+        compare.sync_docs(bare, out, data)
+    assert bare.read_text() == "# Nothing here\n"
+    reversed_page = tmp_path / "reversed.md"
+    reversed_page.write_text(f"{end}\n{begin}\n")
+    with pytest.raises(SystemExit, match="has no generated block"):
+        compare.sync_docs(reversed_page, out, data)
+
+
+def test_docs_option_needs_an_existing_page(compare, tmp_path):
+    with pytest.raises(SystemExit, match="--docs .*missing.md: no such file"):
+        compare.main(["--preset", "cpu-smoke", "--table-only", "--out", str(tmp_path / "r.json"),
+                      "--docs", str(tmp_path / "missing.md")])
