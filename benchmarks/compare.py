@@ -7,7 +7,7 @@
     python benchmarks/compare.py --preset gpu --table-only             # re-render table and plots
     python benchmarks/compare.py --preset gpu --dry-run                # build and check every config, run nothing
     python benchmarks/compare.py --preset cpu-budget --time-steps      # each step timed alone (idle machine)
-    python benchmarks/compare.py --preset cpu-budget --table-only --docs docs/comparison.md   # and the page's block
+    python benchmarks/compare.py --preset cpu-budget --table-only --docs docs/comparison.md README.md  # and their blocks
 
 Each combination starts from its packaged Fashion-MNIST recipe (``configs/fashion_mnist/<name>.yaml``),
 then the preset's shared budget overrides it: backbone, crop / evaluation size, batch, epochs,
@@ -859,7 +859,7 @@ def render_docs_block(data: dict, out_json: Path) -> str:
         where = out_json.resolve().relative_to(ROOT)
     except ValueError:
         where = Path(out_json.name)
-    cmd = f"python benchmarks/compare.py --preset {data.get('preset')} --table-only --docs <this page>"
+    cmd = f"python benchmarks/compare.py --preset {data.get('preset')} --table-only --docs <pages>"
     lines = [f"Generated from `{where}` by `{cmd}` (do not edit by hand: a test compares this block with the file).",
              "Last epoch, mean ± sample sd over the seeds counted; training minutes alone: the steps done times "
              "the step time measured alone (`--time-steps`).", "",
@@ -1085,8 +1085,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "compare",
                     help="run directories (default runs/compare)")
     ap.add_argument("--table-only", action="store_true", help="render the table and plots from --out, run nothing")
-    ap.add_argument("--docs", type=Path, help="also rewrite this results file's generated block in a Markdown page "
-                    "(between its markers; docs/comparison.md holds the cpu-budget one)")
+    ap.add_argument("--docs", type=Path, nargs="+", default=[],
+                    help="also rewrite this results file's generated block in these Markdown pages (between their "
+                         "markers; docs/comparison.md and README.md hold the cpu-budget one)")
     ap.add_argument("--dry-run", action="store_true", help="build and check every config, print the plan, run nothing")
     ap.add_argument("--linear-epochs", type=int, help="linear-probe epochs (default: the preset's; gpu and long 100)")
     ap.add_argument("--epochs", type=int, help="pretraining epochs (default: the preset's; gpu 10, long 100); the "
@@ -1120,14 +1121,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"_p{linear_epochs}" if linear_epochs != base.linear_epochs else "") + (
         f"_n{preset.subset}" if preset.subset != base.subset else "")
     out = (args.out or RESULTS_DIR / f"{stem}.json").resolve()
-    if args.docs is not None and not args.docs.is_file():
-        raise SystemExit(f"compare: error: --docs {args.docs}: no such file; name the Markdown page that holds the "
-                         "generated block (e.g. docs/comparison.md)")
+    for page in args.docs:
+        if not page.is_file():
+            raise SystemExit(f"compare: error: --docs {page}: no such file; name the Markdown pages that hold the "
+                             "generated block (e.g. docs/comparison.md README.md)")
     if args.table_only:
         md, plots = render(out)
-        if args.docs is not None and md is not None:
-            changed = sync_docs(args.docs, out, read_results(out))
-            print(f"compare: {args.docs} {'updated' if changed else 'already up to date'}", flush=True)
+        for page in args.docs if md is not None else []:
+            changed = sync_docs(page, out, read_results(out))
+            print(f"compare: {page} {'updated' if changed else 'already up to date'}", flush=True)
         return {"ran": [], "skipped": [], "failed": [], "table": md, "plots": plots}
 
     settings = preset_settings(preset, linear_epochs)
@@ -1227,8 +1229,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         update_results(out, add)
         ran.append((combo, seed))
-        if args.docs is not None:  # the page follows the file run by run
-            sync_docs(args.docs, out, read_results(out))
+        for page in args.docs:  # the pages follow the file run by run
+            sync_docs(page, out, read_results(out))
         print(f"compare: {combo} seed {seed}: kNN {entry['knn_last_top1']:.2f}%, "
               f"linear {entry['linear_last_top1']:.2f}% (last epoch); {entry['total_s']:.0f} s", flush=True)
     if not_started:

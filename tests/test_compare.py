@@ -261,15 +261,16 @@ def test_cpu_usage_sees_another_process_burn_the_cpu(compare):
 
 
 def test_the_docs_block_is_what_the_committed_results_file_renders(compare, tmp_path):
-    """docs/comparison.md shows the cpu-budget results through a generated block: it must equal what
-    compare.py renders from the results file (run `compare.py --preset cpu-budget --table-only --docs
-    docs/comparison.md` after a run is recorded)."""
-    page, results = ROOT / "docs" / "comparison.md", ROOT / "benchmarks" / "results" / "compare_cpu-budget.json"
-    copy = tmp_path / "comparison.md"
-    copy.write_text(page.read_text())
-    assert compare.sync_docs(copy, results, compare.read_results(results)) is False, (
-        "docs/comparison.md's generated block is stale: python benchmarks/compare.py --preset cpu-budget "
-        "--table-only --docs docs/comparison.md")
+    """docs/comparison.md and the README show the cpu-budget results through a generated block: it must
+    equal what compare.py renders from the results file (run `compare.py --preset cpu-budget --table-only
+    --docs docs/comparison.md README.md` after a run is recorded)."""
+    results = ROOT / "benchmarks" / "results" / "compare_cpu-budget.json"
+    for page in (ROOT / "docs" / "comparison.md", ROOT / "README.md"):
+        copy = tmp_path / page.name
+        copy.write_text(page.read_text())
+        assert compare.sync_docs(copy, results, compare.read_results(results)) is False, (
+            f"{page.name}'s generated block is stale: python benchmarks/compare.py --preset cpu-budget "
+            "--table-only --docs docs/comparison.md README.md")
 
 
 def test_sync_docs_rewrites_only_its_block_and_refuses_a_page_without_one(compare, tmp_path):
