@@ -59,8 +59,16 @@ def device_busy_ms(prof: torch.profiler.profile) -> float:
                if e.device_type == cuda and not getattr(e, "is_user_annotation", False)) / 1e3
 
 
-def profiler() -> torch.profiler.profile:
-    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+def profiler() -> torch.profiler.profile | None:
+    """A started CUDA profiler, or None (said on stdout) where it cannot start: the GPU-busy column is
+    then empty and the throughput itself still measured."""
+    try:
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+        prof.__enter__()
+        return prof
+    except Exception as e:  # noqa: BLE001 - a profiler that cannot start must not cost the throughput rows
+        print(f"throughput: GPU busy not measured: the profiler did not start ({type(e).__name__}: {e})", flush=True)
+        return None
 
 
 def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, steps: int, warmup: int,
@@ -97,11 +105,12 @@ def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, ste
     sync(device)
     rate = batch * steps / (time.perf_counter() - t0)
     busy = None
-    if device.type == "cuda":
-        with profiler() as prof:
-            for _ in range(PROFILED_STEPS):
-                step()
-            sync(device)
+    prof = profiler() if device.type == "cuda" else None
+    if prof is not None:
+        for _ in range(PROFILED_STEPS):
+            step()
+        sync(device)
+        prof.__exit__(None, None, None)
         busy = device_busy_ms(prof) / PROFILED_STEPS
     return rate, busy
 
@@ -117,7 +126,6 @@ class Timer(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.profile and trainer.global_step == self.stop:
             self.prof = profiler()
-            self.prof.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
