@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py --preset gpu                          # all combinations x seeds 0 1 2
     python benchmarks/compare.py --preset gpu --seeds 1 --time-budget 540   # one seed, stop before 9 min
+    python benchmarks/compare.py --preset gpu --jobs 2                 # two runs at a time on one GPU
     python benchmarks/compare.py --preset long                         # MoCo v2 + the best of the gpu results
     python benchmarks/compare.py --preset cpu-smoke --methods simclr mocov2+ascl   # seconds a run on a CPU
     python benchmarks/compare.py --preset gpu --table-only             # re-render table and plots
@@ -302,6 +303,28 @@ def locked(path: Path):
         except (ImportError, OSError):
             pass
         yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claimed(runs_dir: Path, name: str):
+    """Yields True while this process holds run ``name`` (a non-blocking exclusive lock on
+    ``runs_dir/.claims/<name>.lock``), False when another process holds it. Workers of one comparison
+    (``--jobs``) claim a run before starting it; the lock goes with the process, so a killed worker
+    leaves no stale claim."""
+    import fcntl
+
+    d = runs_dir / ".claims"
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 
@@ -624,6 +647,7 @@ def aggregate(data: dict) -> list[dict]:
         row["peak_mem_kind"] = runs[-1].get("peak_mem_kind")
         row["per_seed"] = {int(r["seed"]): {k: r.get(k) for k, _ in METRICS} for r in runs}
         row["resumed"] = any(r.get("resumed") for r in runs)
+        row["shared"] = any((r.get("concurrent_jobs") or 1) > 1 for r in runs)
         # learning curve: mean over the seeds that logged each epoch; the random-init point at epoch 0
         curve: dict[int, list[float]] = {}
         for r in runs:
@@ -682,7 +706,7 @@ def render_table(data: dict, out_json: Path) -> str:
     for r in rows:
         name = (r["combo"] + (" (no pretraining)" if r["baseline"] else "")
                 + (" (label oracle: trains on labels)" if is_oracle(r["combo"]) else "")
-                + (" †" if r["mixed_configs"] else ""))
+                + (" †" if r["mixed_configs"] else "") + (" §" if r["shared"] else ""))
         img = "-" if r["img_s"][0] is None else f"{r['img_s'][0]:,.0f}"
         mem = "-" if r["peak_mem_gib"][0] is None else f"{r['peak_mem_gib'][0]:.2f}"
         wall = _secs(r["pretrain_wall_s"][0]) + (" ‡" if r["resumed"] and r["pretrain_wall_s"][0] is not None else "")
@@ -720,6 +744,10 @@ def render_table(data: dict, out_json: Path) -> str:
                      "method must clear.")
     if any(r["mixed_configs"] for r in rows):
         lines.append("- † the seeds of this row were run with different configs (a recipe changed between sessions).")
+    if any(r["shared"] for r in rows):
+        jobs = sorted({r.get("concurrent_jobs") for r in data.get("runs", []) if (r.get("concurrent_jobs") or 1) > 1})
+        lines.append(f"- § a seed of this row ran as one of {' or '.join(map(str, jobs))} workers sharing the machine "
+                     "(`--jobs`): its images/s and wall times count the sharing; its accuracies do not depend on it.")
     if any(r["resumed"] for r in rows):
         lines.append("- ‡ a seed of this row was resumed after an interruption: its wall time covers the last "
                      "part only.")
@@ -1072,6 +1100,40 @@ def time_all(args, preset: Preset, settings: dict, plan, out: Path) -> dict:
     return {"ran": [], "skipped": [], "failed": [], "timed": timed, "table": md, "plots": plots, "out": out}
 
 
+def run_workers(jobs: int, given: list[str], out: Path, docs: list[Path]) -> dict:
+    """``--jobs N``: N worker processes of this same command share the plan (each claims a run before
+    starting it, see ``claimed``); waits for them, then renders the table and the docs blocks once.
+    SIGINT / SIGTERM reach the workers, which stop their runs resumably."""
+    import signal
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), *given, "--jobs", "1", "--worker-of", str(jobs)]
+    print(f"compare: {jobs} workers", flush=True)
+    procs = [subprocess.Popen(cmd) for _ in range(jobs)]
+
+    def forward(signum, frame):
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    with locked(out):
+        md, plots = render(out, quiet=True)
+        for page in docs if md is not None else []:
+            sync_docs(page, out, read_results(out))
+    data = read_results(out) or {}
+    failed = [(f["combo"], f["seed"]) for f in data.get("failures", [])] if any(codes) else []
+    if any(codes):
+        print(f"compare: worker exit codes {codes}", flush=True)
+    if any(c in (130, 143) for c in codes):
+        raise SystemExit(max(codes))
+    return {"ran": [], "skipped": [], "failed": failed, "workers": codes, "table": md, "plots": plots, "out": out}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=list(PRESETS), default="gpu")
@@ -1104,6 +1166,11 @@ def main(argv: list[str] | None = None) -> dict:
                          "otherwise idle machine) and record it in --out; pretrains nothing else")
     ap.add_argument("--timed-steps", type=int, default=30, help="--time-steps: steps timed (default 30)")
     ap.add_argument("--warmup-steps", type=int, default=5, help="--time-steps: steps run first, untimed (default 5)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time: this many worker processes share the plan, each claiming a run before "
+                         "starting it (a GPU that one run leaves idle part of the time does more in total; each "
+                         "run's own images/s and wall time then count the sharing)")
+    ap.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)  # set by --jobs for its workers
     ap.add_argument("--subset", type=int, help=argparse.SUPPRESS)  # tests: pretrain on N images, evaluate on N / 2
     args = ap.parse_args(argv)
 
@@ -1143,6 +1210,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.time_steps:
         return time_all(args, preset, settings, plan, out)
+    if args.jobs < 1:
+        raise SystemExit(f"compare: error: --jobs {args.jobs}: give 1 or more runs at a time")
 
     # every config is built (and checked) before any work
     for (combo, method, plugins), seed in plan:
@@ -1176,17 +1245,17 @@ def main(argv: list[str] | None = None) -> dict:
             f" --linear-epochs {args.linear_epochs}" if args.linear_epochs else "")
         return data
 
+    if args.jobs > 1 and todo:
+        return run_workers(args.jobs, given, out, args.docs)
+
     update_results(out, start)
     splits = load_data(build_config("mocov2", "mocov2", (), preset, 0, runs_dir, accelerator)) if todo else None
     t_begin = time.perf_counter()
     durations: dict[str, float] = {r["combo"]: r.get("total_s") or 0.0 for r in done.values()}
     ran, failed, not_started = [], [], []
-    for (combo, method, plugins), seed in todo:
-        elapsed = time.perf_counter() - t_begin
-        guess = durations.get(combo) or (max(durations.values()) if durations else 0.0)
-        if args.time_budget and elapsed + guess > args.time_budget:
-            not_started.append((combo, seed))
-            continue
+
+    def run_claimed(combo, method, plugins, seed) -> dict | None:
+        """One run, or None when it failed (recorded in the file's failures)."""
         print(f"compare: {combo} seed {seed} ...", flush=True)
         try:
             if combo in BASELINES:
@@ -1197,7 +1266,8 @@ def main(argv: list[str] | None = None) -> dict:
         except RunInterrupted as err:  # SIGTERM / SIGINT: the user stops the comparison, not this run
             print(f"compare: {combo} seed {seed} interrupted; its checkpoint is kept: run the "
                   "same command again to resume it and continue", flush=True)
-            md, plots = render(out)
+            with locked(out):
+                render(out)
             raise SystemExit(err.exit_code) from None
         except Exception as err:  # noqa: BLE001 - one failed combination must not stop the others
             msg = f"{type(err).__name__}: {err}"
@@ -1213,31 +1283,49 @@ def main(argv: list[str] | None = None) -> dict:
 
             update_results(out, add_failure)
             failed.append((combo, seed))
-            continue
+            return None
         finally:
             gc.collect()  # the finished run's module, data copies and features
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        return entry
+
+    for (combo, method, plugins), seed in todo:
+        elapsed = time.perf_counter() - t_begin
+        guess = durations.get(combo) or (max(durations.values()) if durations else 0.0)
+        if args.time_budget and elapsed + guess > args.time_budget:
+            not_started.append((combo, seed))
+            continue
+        with claimed(runs_dir, run_name(preset.name, combo, seed)) as mine:
+            if not mine or (combo, seed) in done_keys(read_results(out)):
+                continue  # another worker of this comparison runs it, or has recorded it meanwhile
+            entry = run_claimed(combo, method, plugins, seed)
+            if entry is None:
+                continue
+            entry["concurrent_jobs"] = args.worker_of or 1
+
+            def add(data, entry=entry):
+                data["runs"] = [r for r in data["runs"] if (r["combo"], r["seed"]) != (entry["combo"], entry["seed"])]
+                data["runs"].append(entry)
+                data["failures"] = [f for f in data.get("failures", [])
+                                    if (f["combo"], f["seed"]) != (entry["combo"], entry["seed"])]
+                return data
+
+            update_results(out, add)  # recorded before the claim is released: no other worker starts it again
         durations[combo] = entry["total_s"]
-
-        def add(data, entry=entry):
-            data["runs"] = [r for r in data["runs"] if (r["combo"], r["seed"]) != (entry["combo"], entry["seed"])]
-            data["runs"].append(entry)
-            data["failures"] = [f for f in data.get("failures", [])
-                                if (f["combo"], f["seed"]) != (entry["combo"], entry["seed"])]
-            return data
-
-        update_results(out, add)
         ran.append((combo, seed))
-        for page in args.docs:  # the pages follow the file run by run
-            sync_docs(page, out, read_results(out))
+        with locked(out):
+            for page in args.docs:  # the pages follow the file run by run
+                sync_docs(page, out, read_results(out))
         print(f"compare: {combo} seed {seed}: kNN {entry['knn_last_top1']:.2f}%, "
               f"linear {entry['linear_last_top1']:.2f}% (last epoch); {entry['total_s']:.0f} s", flush=True)
+
     if not_started:
         print(f"compare: --time-budget {args.time_budget:.0f} s: not started: "
               + ", ".join(f"{c} seed {s}" for c, s in not_started) + "; run the same command again to continue",
               flush=True)
-    md, plots = render(out)
+    with locked(out):  # workers of one comparison render one at a time
+        md, plots = render(out)
     return {"ran": ran, "skipped": skipped, "failed": failed, "not_started": not_started, "table": md, "plots": plots,
             "out": out}
 

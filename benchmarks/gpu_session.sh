@@ -86,9 +86,12 @@ case "$stage" in
     step 90 $PY -m pytest -q -rs tests/test_losses_api.py tests/test_augment.py tests/test_losses_graph.py \
       tests/test_precision.py tests/test_engine.py tests/test_no_host_sync.py -k "cuda or gpu or bf16 or autocast"
     step 150 $PY benchmarks/throughput.py --save
+    # two runs at a time (--jobs 2): a run left the GPU idle part of each step on 2026-12-04 (0.55 of the
+    # ceiling); whether two share it faster than one by one is what the runs' wall times then show. A run
+    # cut off by the deadline is lost (the next machine starts bare), hence the wider margin
     left=$(( deadline - ($(date +%s) - T0) - 15 ))
-    if [ "$left" -gt 60 ]; then
-      step "$left" $PY benchmarks/compare.py --preset gpu --seeds 0 1 2 --time-budget $(( left - 60 ))
+    if [ "$left" -gt 200 ]; then
+      step "$left" $PY benchmarks/compare.py --preset gpu --seeds 0 1 2 --jobs 2 --time-budget $(( left - 180 ))
     fi
     echo "=== done in $(( $(date +%s) - T0 )) s; failed: ${#failed[@]}"; for f in "${failed[@]}"; do echo "  $f"; done
     ;;

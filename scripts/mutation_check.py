@@ -179,6 +179,11 @@ MUTANTS = [
            "            above = len(gains)",
            ("tests/test_compare.py::test_sync_docs_rewrites_only_its_block_and_refuses_a_page_without_one",),
            "the docs say how many rows beat raw pixels, not how many there are"),
+    Mutant("jobs-claim-never-busy", "../../benchmarks/compare.py",
+           "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n        except BlockingIOError:",
+           "            pass\n        except BlockingIOError:",
+           ("tests/test_compare.py::test_a_claimed_run_is_busy_for_another_process_until_released",),
+           "two workers of one comparison never run the same combination and seed"),
 ]
 
 # mutants the suite lets live on purpose, with the reason (kept short and honest)

@@ -312,3 +312,42 @@ def test_docs_option_needs_an_existing_page(compare, tmp_path):
     with pytest.raises(SystemExit, match="--docs .*missing.md: no such file"):
         compare.main(["--preset", "cpu-smoke", "--table-only", "--out", str(tmp_path / "r.json"),
                       "--docs", str(tmp_path / "missing.md")])
+
+
+def test_a_claimed_run_is_busy_for_another_process_until_released(compare, tmp_path):
+    """--jobs workers claim runs with a lock file; another process sees the claim, and a finished or
+    killed holder leaves none behind."""
+    import subprocess
+
+    probe = ("import importlib.util, sys; from pathlib import Path; "
+             f"spec = importlib.util.spec_from_file_location('c', {str(ROOT / 'benchmarks' / 'compare.py')!r}); "
+             "m = importlib.util.module_from_spec(spec); sys.modules['c'] = m; spec.loader.exec_module(m)\n"
+             f"with m.claimed(Path({str(tmp_path)!r}), 'compare-cpu-smoke-simclr-seed0') as mine: print(mine)")
+    with compare.claimed(tmp_path, "compare-cpu-smoke-simclr-seed0") as mine:
+        assert mine is True
+        with compare.claimed(tmp_path, "compare-cpu-smoke-simclr-seed0") as again:  # a second holder, here too
+            assert again is False
+        other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        assert other.stdout.strip() == "False", other.stderr
+        with compare.claimed(tmp_path, "compare-cpu-smoke-mocov2-seed0") as different:
+            assert different is True  # another run is free
+    other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert other.stdout.strip() == "True", other.stderr
+
+
+def test_jobs_share_the_plan_and_run_each_combination_once(compare, tmp_path):
+    out = tmp_path / "results" / "compare_cpu-smoke.json"
+    argv = ["--preset", "cpu-smoke", "--methods", "simclr", "mocov2", "pixels", "--seeds", "0", "--subset", "384",
+            "--epochs", "1", "--linear-epochs", "3", "--accelerator", "cpu", "--jobs", "2",
+            "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    res = compare.main(argv)
+    assert res["workers"] == [0, 0] and not res["failed"]
+    data = json.loads(out.read_text())
+    assert sorted((r["combo"], r["seed"]) for r in data["runs"]) == [("mocov2", 0), ("pixels", 0), ("simclr", 0)]
+    assert {r["concurrent_jobs"] for r in data["runs"]} == {2}
+    workers = [i for i in data["invocations"] if "--worker-of 2" in i["command"]]
+    assert len(workers) == 2 and data["failures"] == []
+    table = out.with_suffix(".md").read_text()
+    assert "| simclr § | 1 |" in table and "ran as one of 2 workers sharing the machine" in table
+    with pytest.raises(SystemExit, match="--jobs 0: give 1 or more"):
+        compare.main([a if a != "2" else "0" for a in argv])
