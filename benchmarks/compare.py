@@ -1108,7 +1108,8 @@ def run_workers(jobs: int, given: list[str], out: Path, docs: list[Path]) -> dic
 
     cmd = [sys.executable, str(Path(__file__).resolve()), *given, "--jobs", "1", "--worker-of", str(jobs)]
     print(f"compare: {jobs} workers", flush=True)
-    procs = [subprocess.Popen(cmd) for _ in range(jobs)]
+    # in sessions of their own: a Ctrl-C at the terminal reaches the workers once, through ``forward``
+    procs = [subprocess.Popen(cmd, start_new_session=True) for _ in range(jobs)]
 
     def forward(signum, frame):
         for p in procs:
