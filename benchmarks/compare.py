@@ -313,8 +313,11 @@ def claimed(runs_dir: Path, name: str):
     ``runs_dir/.claims/<name>.lock``), False when another process holds it. Workers of one comparison
     (``--jobs``) claim a run before starting it; the lock goes with the process, so a killed worker
     leaves no stale claim."""
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # no flock (not POSIX): one process at a time, as without --jobs
+        yield True
+        return
     d = runs_dir / ".claims"
     d.mkdir(parents=True, exist_ok=True)
     fd = os.open(d / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -1213,6 +1216,8 @@ def main(argv: list[str] | None = None) -> dict:
         return time_all(args, preset, settings, plan, out)
     if args.jobs < 1:
         raise SystemExit(f"compare: error: --jobs {args.jobs}: give 1 or more runs at a time")
+    if args.jobs > 1 and importlib.util.find_spec("fcntl") is None:
+        raise SystemExit("compare: error: --jobs needs file locks (fcntl), which this system lacks; run with --jobs 1")
 
     # every config is built (and checked) before any work
     for (combo, method, plugins), seed in plan:
