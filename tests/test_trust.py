@@ -2,6 +2,7 @@
 writes or loses nothing; checkpoint writes are atomic."""
 
 import errno
+import json
 import shutil
 import signal
 import subprocess
@@ -252,6 +253,30 @@ def test_scientific_notation_is_a_number_everywhere():
 
     cfg = load_config(resolve_recipe(R), ["optim.lr=1e-3", "optim.weight_decay=5e-4", "method.temperature=2E-1"])
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.method["temperature"]) == (0.001, 0.0005, 0.2)
+
+
+# input refused by the config or a path check alone: refused before Lightning and torchvision load
+# (seconds of imports on a small CPU), so a typo costs the user no more than importing torch
+EARLY = [["pretrain", R, "optim.lrr=0.1"], ["pretrain", R, "optim.lr=-1"], ["pretrain", R, "backbone.name=resnet9"],
+         ["pretrain", R, "plugins=[foo]"], ["pretrain", "nope/none"], ["pretrain", "--resume", "{root}/nowhere"],
+         ["eval", "knn", "{root}/nowhere"], ["eval", "knn", "{root}", "--k", "0"], ["eval", "linear", "{root}"],
+         ["export", "{root}/nowhere", "-o", "{root}/x.pt"], ["demo", "--method", "nosuch"]]
+
+
+def test_bad_config_or_path_is_refused_before_lightning_loads(tmp_path):
+    script = ("import json, sys\nfrom relssl.cli import main\n"
+              "rcs = [main(a) for a in json.loads(sys.argv[1])]\n"
+              "print(json.dumps({'rcs': rcs, 'loaded': sorted(m for m in ('lightning', 'torchvision', 'torchmetrics') "
+              "if m in sys.modules)}))")
+    cases = [[a.replace("{root}", str(tmp_path)) for a in case] for case in EARLY]
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("relssl: error: ")]
+    assert out["rcs"] == [2] * len(EARLY) and len(errors) == len(EARLY), proc.stderr[-2000:]
+    assert out["loaded"] == [], f"imported before refusing: {out['loaded']}"
+    assert list(tmp_path.iterdir()) == []
 
 
 INSTALLED = shutil.which("relssl", path=str(Path(sys.executable).parent)) or shutil.which("relssl")

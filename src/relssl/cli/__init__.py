@@ -73,13 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_pretrain(args) -> int:
     from relssl.config import load_config, resolve_recipes
-    from relssl.engine import pretrain
+    from relssl.fileio import resume_paths
 
     if args.resume:
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         if any("=" not in o for o in overrides):
             raise ConfigError("--resume continues a run with its saved config; pass no recipe with it (only "
                               "trainer.* overrides, e.g. trainer.devices=1)")
+        resume_paths(args.resume)  # a wrong path fails before the engine (Lightning) loads
+        from relssl.engine import pretrain
+
         res = pretrain(None, resume=args.resume, resume_overrides=overrides)
     else:
         if not args.config:
@@ -87,6 +90,10 @@ def cmd_pretrain(args) -> int:
         # several recipes (no '='), laid over each other in order: a method recipe, then e.g. backbones/vit_tiny
         recipes = [args.config] + [o for o in args.overrides if "=" not in o]
         cfg = load_config(resolve_recipes(recipes), [o for o in args.overrides if "=" in o])
+        # the engine (Lightning) is imported once the config holds: importing it takes seconds on a small
+        # CPU, and a bad key or value is reported before that
+        from relssl.engine import pretrain
+
         res = pretrain(cfg)
     from relssl.nn import rank
 

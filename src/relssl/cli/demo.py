@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from relssl.config import load_config, load_data, resolve_recipe
-from relssl.engine import pretrain
+from relssl.config import list_recipes, load_config, load_data, resolve_recipe
+from relssl.errors import ConfigError
 from relssl.metrics.knn import knn_accuracy, pixel_features_pair
 
 # CPU budget, from the measurements of benchmarks/cpu_budget.py (docs/comparison.md): the 4-layer
@@ -37,11 +37,16 @@ DEFAULT_METHOD = "simclr"
 
 
 def run_demo(method: str = DEFAULT_METHOD, device: str = "auto", overrides: list[str] | None = None) -> int:
+    known = [r.split("/", 1)[1] for r in list_recipes() if r.startswith("fashion_mnist/")]
+    if method not in known:
+        raise ConfigError(f"demo --method {method}: no such Fashion-MNIST recipe; choose one of {', '.join(known)}")
     gpu = torch.cuda.is_available() if device == "auto" else device == "gpu"
     base = [] if gpu else CPU_OVERRIDES + CPU_METHOD_OVERRIDES.get(method, [])
     args = base + [f"trainer.accelerator={'gpu' if gpu else 'cpu'}"] + list(overrides or [])
     print("relssl demo = relssl pretrain fashion_mnist/" + method + " " + " ".join(args), flush=True)
     cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), args)
+    from relssl.engine import pretrain  # once the config holds: the engine (Lightning) takes seconds to import
+
     splits = load_data(cfg)
     print(f"relssl demo: {method} on Fashion-MNIST, backbone {cfg.backbone.name}, "
           f"{cfg.data.subset or len(splits.pretrain)} images x {cfg.optim.epochs} epochs on {'GPU' if gpu else 'CPU'}",

@@ -14,6 +14,7 @@ import json
 import sys
 
 from relssl.errors import ConfigError
+from relssl.fileio import resolve_checkpoint
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -253,16 +254,17 @@ def _log(args):
 def run_eval(args) -> int:
     if args.protocol is None:
         raise ConfigError("eval needs a protocol: relssl eval knn|linear|semisup|tsne|diagnose RUN_DIR (see relssl eval --help)")
+    resolve_checkpoint(args.checkpoint)  # a wrong path fails before the evaluation modules (and Lightning) load
     return {"knn": _eval_knn, "linear": _eval_linear, "semisup": _eval_semisup, "tsne": _eval_tsne,
             "diagnose": _eval_diagnose}[args.protocol](args)
 
 
 def _eval_knn(args) -> int:
+    if args.k < 1 or args.t <= 0:
+        raise ConfigError(f"--k must be >= 1 and --t > 0, got k={args.k}, t={args.t}")
     from relssl.evaluate.checkpoint import result_name
     from relssl.evaluate.knn import evaluate_knn
 
-    if args.k < 1 or args.t <= 0:
-        raise ConfigError(f"--k must be >= 1 and --t > 0, got k={args.k}, t={args.t}")
     s = _setup(args)
     res = evaluate_knn(s, protocol=args.knn_protocol, k=args.k, t=args.t, baselines=not args.no_baselines,
                        weighting=args.weighting)
@@ -356,12 +358,12 @@ def _eval_tsne(args) -> int:
 
 
 def _eval_diagnose(args) -> int:
-    from relssl.evaluate.checkpoint import result_name
-    from relssl.evaluate.diagnostics import diagnose
-
     if args.batch < 2 or args.n < 2 or args.topk < 1 or (args.temperature is not None and args.temperature <= 0):
         raise ConfigError(f"--batch and --n must be >= 2, --topk >= 1, --temperature > 0; got batch={args.batch}, "
                           f"n={args.n}, topk={args.topk}, temperature={args.temperature}")
+    from relssl.evaluate.checkpoint import result_name
+    from relssl.evaluate.diagnostics import diagnose
+
     s = _setup(args)
     res = diagnose(s, batch=args.batch, n=args.n, temperature=args.temperature, topk=args.topk, seed=args.seed)
     res = _save(s, args, result_name(s, "diagnose"), res)
@@ -387,6 +389,7 @@ def _eval_diagnose(args) -> int:
 
 
 def run_export(args) -> int:
+    resolve_checkpoint(args.checkpoint)  # before the export modules (and Lightning) load
     from relssl.evaluate.export import export_backbone, export_onnx
 
     if args.format == "onnx":

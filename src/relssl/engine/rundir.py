@@ -22,6 +22,7 @@ from relssl.config import Config, apply_overrides, config_from_dict, dump_config
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.engine.lifecycle import RunLock
 from relssl.errors import ConfigError
+from relssl.fileio import resume_paths
 
 # rank 0's run directory, handed to the processes Lightning's launcher starts (they re-run the command)
 RUN_DIR_ENV = "RELSSL_RUN_DIR"
@@ -44,16 +45,7 @@ def read_resume(resume: str | Path, overrides: list[str] | None = None) -> Resum
 
     ``overrides``: ``trainer.*`` settings for the resumed process (another number of devices or
     nodes, threads, loggers...); anything else would change the run and is refused."""
-    resume = Path(resume)
-    if resume.is_file():
-        ckpt_path, run_dir = resume, resume.parent.parent
-    else:
-        run_dir, ckpt_path = resume, resume / "checkpoints" / "last.ckpt"
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--resume {resume}: no config.yaml in {run_dir}; pass a run directory made by relssl pretrain")
-    if not ckpt_path.is_file():
-        raise ConfigError(f"--resume {resume}: no checkpoint at {ckpt_path} (the run stopped before its first "
-                          "checkpoint); start it again")
+    run_dir, ckpt_path = resume_paths(resume)
     bad = [o for o in overrides or [] if not o.startswith("trainer.")]
     if bad:
         raise ConfigError(f"--resume continues a run with its saved config: only trainer.* settings may change, "

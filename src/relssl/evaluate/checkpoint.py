@@ -32,23 +32,9 @@ from relssl.config import (
 from relssl.data import DatasetSplits, ImageDataset
 from relssl.engine.checkpoint import load_checkpoint_file
 from relssl.errors import CheckpointError, ConfigError, DataError
-from relssl.fileio import atomic_write_text
+from relssl.fileio import atomic_write_text, resolve_checkpoint
 from relssl.methods import build_method as build_method_of
 from relssl.metrics.knn import extract_features, knn_accuracy
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A ``.ckpt`` file, or a run directory's ``checkpoints/last.ckpt`` (else ``best.ckpt``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("last.ckpt", "best.ckpt"):
-            cand = path / "checkpoints" / name
-            if cand.is_file():
-                return cand
-        raise CheckpointError(f"{path} holds no checkpoints/last.ckpt; pass a run directory of relssl pretrain or a .ckpt file")
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
 
 
 def run_dir_of(path: str | Path) -> Path | None:

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torchvision import models
 
 from .splitbn import convert_to_split_bn
 from .zoo import check_library_name, factory_model, split_name, timm_model, torchvision_model
@@ -41,10 +40,13 @@ __all__ = ["BACKBONES", "Backbone", "ConvNet", "build_backbone", "check_backbone
 
 log = logging.getLogger("relssl")
 
+# torchvision's constructor name and feature width. torchvision is imported where a ResNet is built, not
+# here: importing it costs seconds on a small CPU (it loads all its models and ops), which every command
+# would pay before it could even print --help or reject a bad config
 _RESNETS = {
-    "resnet18": (models.resnet18, 512),
-    "resnet34": (models.resnet34, 512),
-    "resnet50": (models.resnet50, 2048),
+    "resnet18": ("resnet18", 512),
+    "resnet34": ("resnet34", 512),
+    "resnet50": ("resnet50", 2048),
 }
 _CONVNETS = {
     "convnet": (32, 64, 128, 256),
@@ -97,8 +99,9 @@ class ConvNet(nn.Module):
 
 
 def _resnet(name: str, in_channels: int, cifar_stem: bool, maxpool: bool) -> nn.Module:
-    ctor, _ = _RESNETS[name]
-    net = ctor(weights=None)
+    from torchvision import models
+
+    net = getattr(models, _RESNETS[name][0])(weights=None)
     if cifar_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     elif in_channels != 3:
