@@ -1,6 +1,6 @@
 # Set-up and main jobs. Each target creates the virtualenv .venv and installs relssl into it.
 #   make demo   pretrain the default method on Fashion-MNIST and evaluate it (5 to 11 min of training on 2 CPU cores)
-#   make test   the whole test suite (CI runs it, then make docs)
+#   make test   the whole test suite, one pytest worker per core (CI runs it, then make docs)
 #   make docs   the documentation site in build/site (MkDocs, strict: a broken link or reference fails)
 # TORCH: the torch/torchvision pins. The defaults are the wheels on this project's machines'
 # disk; elsewhere e.g. `make test TORCH="torch torchvision"`.
@@ -9,6 +9,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
+# pytest-xdist workers for make test (auto: one per core, each with one torch thread)
+TEST_WORKERS ?= auto
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: venv data demo test docs bench clean
@@ -35,7 +37,7 @@ demo: venv data
 	$(BIN)/relssl demo
 
 test: venv data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet

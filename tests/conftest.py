@@ -3,7 +3,14 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # several pytest workers (make test: -n auto): one core each. Intra-op threads of two workers on
+    # 2 cores would fight over them; the environment variable carries the same setting into the
+    # processes the tests start, so a run in a subprocess and its reference in here use one thread
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
