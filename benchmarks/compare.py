@@ -750,7 +750,9 @@ def render_table(data: dict, out_json: Path) -> str:
     if any(r["shared"] for r in rows):
         jobs = sorted({r.get("concurrent_jobs") for r in data.get("runs", []) if (r.get("concurrent_jobs") or 1) > 1})
         lines.append(f"- § a seed of this row ran as one of {' or '.join(map(str, jobs))} workers sharing the machine "
-                     "(`--jobs`): its images/s and wall times count the sharing; its accuracies do not depend on it.")
+                     "(`--jobs`): its images/s and wall times count the sharing. On a CPU each worker had cores / "
+                     "workers torch threads (`threads` of each run in the file): another order of float additions "
+                     "than a lone run's, the same recipe.")
     if any(r["resumed"] for r in rows):
         lines.append("- ‡ a seed of this row was resumed after an interruption: its wall time covers the last "
                      "part only.")
@@ -1211,6 +1213,13 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if (accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()))
                           else "cpu")
     runs_dir = args.runs_dir.resolve()
+    if args.worker_of > 1 and device.type == "cpu":
+        # --jobs N on a CPU: each worker gets cores // N torch threads. N pools of all the cores fight over
+        # them (on 2 cores, two 1-thread runs of the cpu-budget SimCLR step take 1.57 s each where one
+        # 2-thread run takes 0.96 s: 1.2x the steps per second in all; a pool each of 2 threads, less)
+        threads = max(1, (os.cpu_count() or 1) // args.worker_of)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
     if args.time_steps:
         return time_all(args, preset, settings, plan, out)
@@ -1309,6 +1318,7 @@ def main(argv: list[str] | None = None) -> dict:
             if entry is None:
                 continue
             entry["concurrent_jobs"] = args.worker_of or 1
+            entry["threads"] = torch.get_num_threads()
 
             def add(data, entry=entry):
                 data["runs"] = [r for r in data["runs"] if (r["combo"], r["seed"]) != (entry["combo"], entry["seed"])]

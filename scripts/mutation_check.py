@@ -184,6 +184,22 @@ MUTANTS = [
            "            pass\n        except BlockingIOError:",
            ("tests/test_compare.py::test_a_claimed_run_is_busy_for_another_process_until_released",),
            "two workers of one comparison never run the same combination and seed"),
+    Mutant("jobs-workers-keep-every-core", "../../benchmarks/compare.py",
+           "        torch.set_num_threads(threads)\n",
+           "        pass\n",
+           ("tests/test_compare.py::test_jobs_share_the_plan_and_run_each_combination_once",),
+           "--jobs N on a CPU gives each worker cores // N threads (N pools of every core fight over them)"),
+    # bad input is refused before the heavy imports (seconds on a small CPU)
+    Mutant("cli-engine-before-config", "cli/__init__.py",
+           "    from relssl.config import load_config, resolve_recipes\n",
+           "    from relssl.config import load_config, resolve_recipes\n    from relssl.engine import pretrain  # noqa\n",
+           ("tests/test_trust.py::test_bad_config_or_path_is_refused_before_lightning_loads",),
+           "a bad config is refused before Lightning loads"),
+    Mutant("torchvision-at-import", "nn/backbones.py",
+           "from torch import Tensor, nn\n",
+           "from torch import Tensor, nn\nfrom torchvision import models  # noqa\n",
+           ("tests/test_trust.py::test_bad_config_or_path_is_refused_before_lightning_loads",),
+           "torchvision loads only where a ResNet is built"),
 ]
 
 # mutants the suite lets live on purpose, with the reason (kept short and honest)

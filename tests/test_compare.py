@@ -7,6 +7,7 @@ combinations (a method and a plug-in on a host) x one seed, 1 epoch, a 3-epoch l
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -335,7 +336,8 @@ def test_a_claimed_run_is_busy_for_another_process_until_released(compare, tmp_p
     assert other.stdout.strip() == "True", other.stderr
 
 
-def test_jobs_share_the_plan_and_run_each_combination_once(compare, tmp_path):
+def test_jobs_share_the_plan_and_run_each_combination_once(compare, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # (set by the test workers) the workers choose their own
     out = tmp_path / "results" / "compare_cpu-smoke.json"
     argv = ["--preset", "cpu-smoke", "--methods", "simclr", "mocov2", "pixels", "--seeds", "0", "--subset", "384",
             "--epochs", "1", "--linear-epochs", "3", "--accelerator", "cpu", "--jobs", "2",
@@ -345,6 +347,7 @@ def test_jobs_share_the_plan_and_run_each_combination_once(compare, tmp_path):
     data = json.loads(out.read_text())
     assert sorted((r["combo"], r["seed"]) for r in data["runs"]) == [("mocov2", 0), ("pixels", 0), ("simclr", 0)]
     assert {r["concurrent_jobs"] for r in data["runs"]} == {2}
+    assert {r["threads"] for r in data["runs"]} == {max(1, (os.cpu_count() or 1) // 2)}  # the cores shared out
     workers = [i for i in data["invocations"] if "--worker-of 2" in i["command"]]
     assert len(workers) == 2 and data["failures"] == []
     table = out.with_suffix(".md").read_text()
