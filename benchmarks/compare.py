@@ -1214,9 +1214,9 @@ def main(argv: list[str] | None = None) -> dict:
                           else "cpu")
     runs_dir = args.runs_dir.resolve()
     if args.worker_of > 1 and device.type == "cpu":
-        # --jobs N on a CPU: each worker gets cores // N torch threads. N pools of all the cores fight over
-        # them (on 2 cores, two 1-thread runs of the cpu-budget SimCLR step take 1.57 s each where one
-        # 2-thread run takes 0.96 s: 1.2x the steps per second in all; a pool each of 2 threads, less)
+        # --jobs N on a CPU: each worker gets cores // N torch threads (N pools of all the cores would fight
+        # over them). On 2 cores two 1-thread runs train 1.20x (SimCLR) to 1.23x (MoCo v2) the steps per
+        # second of one 2-thread run: benchmarks/cpu_sharing.py, results/cpu_sharing_cpu-budget_*.json
         threads = max(1, (os.cpu_count() or 1) // args.worker_of)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)

@@ -354,3 +354,20 @@ def test_jobs_share_the_plan_and_run_each_combination_once(compare, tmp_path, mo
     assert "| simclr § | 1 |" in table and "ran as one of 2 workers sharing the machine" in table
     with pytest.raises(SystemExit, match="--jobs 0: give 1 or more"):
         compare.main([a if a != "2" else "0" for a in argv])
+
+
+def test_cpu_sharing_times_runs_at_once_with_the_cores_shared_out(tmp_path, monkeypatch):
+    """benchmarks/cpu_sharing.py (the measurement behind --jobs on a CPU): N processes time the step at
+    once, each with cores // N threads; the machine's rate is the sum of theirs."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    spec = importlib.util.spec_from_file_location("cpu_sharing", ROOT / "benchmarks" / "cpu_sharing.py")
+    sharing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sharing)
+    (row,) = sharing.measure("cpu-smoke", "mocov2", [2], steps=2)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert row["runs_at_once"] == 2 and row["threads_each"] == threads
+    assert [r["threads"] for r in row["runs"]] == [threads, threads]
+    assert all(s > 0 for s in row["seconds_per_step"])
+    assert row["steps_per_s_total"] == pytest.approx(sum(1 / s for s in row["seconds_per_step"]), rel=1e-3)
+    with pytest.raises(SystemExit, match="must be >= 1"):
+        sharing.main(["--shares", "0"])
