@@ -260,3 +260,18 @@ def test_global_batch_and_lr_accounting(tmp_path, fmnist_small):
     assert two.optim.batch_size == 32
     with pytest.raises(ConfigError, match=r"global_batch_size=63 does not divide among 2 processes.*multiple of 2"):
         tiny_config("simclr", tmp_path, "optim.global_batch_size=63", "trainer.devices=2")
+
+
+def test_results_name_the_cpu_model_and_its_vector_instructions(tmp_path):
+    """results.json's ``device`` on a CPU: the model and widest vector unit, not just ``x86_64`` (two
+    machines saying x86_64 here differed twofold in speed)."""
+    from relssl.engine.rundir import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse2 avx avx2 avx512f\n"
+                    "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse2 avx avx2 avx512f\n")
+    name = cpu_name(info)
+    assert name.startswith("Intel(R) Xeon(R) Platinum 8480+, ") and name.endswith(", AVX-512"), name
+    info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2\n")
+    assert cpu_name(info).startswith("AMD EPYC, ") and cpu_name(info).endswith(", AVX2")
+    assert cpu_name(tmp_path / "missing")  # no /proc (another system): still a name, no error
