@@ -193,12 +193,12 @@ MUTANTS = [
     Mutant("cli-engine-before-config", "cli/__init__.py",
            "    from relssl.config import load_config, resolve_recipes\n",
            "    from relssl.config import load_config, resolve_recipes\n    from relssl.engine import pretrain  # noqa\n",
-           ("tests/test_trust.py::test_bad_config_or_path_is_refused_before_lightning_loads",),
+           ("tests/test_trust.py::test_bad_config_path_or_data_is_refused_before_lightning_loads",),
            "a bad config is refused before Lightning loads"),
     Mutant("torchvision-at-import", "nn/backbones.py",
            "from torch import Tensor, nn\n",
            "from torch import Tensor, nn\nfrom torchvision import models  # noqa\n",
-           ("tests/test_trust.py::test_bad_config_or_path_is_refused_before_lightning_loads",),
+           ("tests/test_trust.py::test_bad_config_path_or_data_is_refused_before_lightning_loads",),
            "torchvision loads only where a ResNet is built"),
 ]
 

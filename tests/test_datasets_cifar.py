@@ -69,9 +69,12 @@ def test_cifar_resize_option(tmp_path):
     assert (s.info.native_size, s.info.crop_size) == (16, 16)
 
 
-def test_cifar_errors(tmp_path):
-    with pytest.raises(DataError, match=r"cifar10: cifar-10-batches-py/ .* not found in"):
+def test_cifar_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DataError, match=r"cifar10: cifar-10-batches-py/ .* not found in") as err:
         load_dataset("cifar10", root=str(tmp_path))
+    # the download goes to the cache, not to the data.root the message tells the user to leave out
+    assert f"(downloads into {tmp_path / 'home' / '.cache' / 'relssl' / 'cifar10'})" in str(err.value)
     write_cifar10(tmp_path, per_batch=2, n_test=2)
     d = tmp_path / "cifar-10-batches-py"
     (d / "data_batch_3").unlink()

@@ -255,15 +255,16 @@ def test_scientific_notation_is_a_number_everywhere():
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.method["temperature"]) == (0.001, 0.0005, 0.2)
 
 
-# input refused by the config or a path check alone: refused before Lightning and torchvision load
+# input refused by the config, a path or the data alone: refused before Lightning and torchvision load
 # (seconds of imports on a small CPU), so a typo costs the user no more than importing torch
 EARLY = [["pretrain", R, "optim.lrr=0.1"], ["pretrain", R, "optim.lr=-1"], ["pretrain", R, "backbone.name=resnet9"],
          ["pretrain", R, "plugins=[foo]"], ["pretrain", "nope/none"], ["pretrain", "--resume", "{root}/nowhere"],
+         ["pretrain", R, "data.root={root}/nowhere"], ["pretrain", R, "data.dataset=cifar10", "data.root={root}"],
          ["eval", "knn", "{root}/nowhere"], ["eval", "knn", "{root}", "--k", "0"], ["eval", "linear", "{root}"],
          ["export", "{root}/nowhere", "-o", "{root}/x.pt"], ["demo", "--method", "nosuch"]]
 
 
-def test_bad_config_or_path_is_refused_before_lightning_loads(tmp_path):
+def test_bad_config_path_or_data_is_refused_before_lightning_loads(tmp_path):
     script = ("import json, sys\nfrom relssl.cli import main\n"
               "rcs = [main(a) for a in json.loads(sys.argv[1])]\n"
               "print(json.dumps({'rcs': rcs, 'loaded': sorted(m for m in ('lightning', 'torchvision', 'torchmetrics') "

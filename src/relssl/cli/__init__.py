@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(args) -> int:
-    from relssl.config import load_config, resolve_recipes
+    from relssl.config import load_config, load_data, resolve_recipes
     from relssl.fileio import resume_paths
 
     if args.resume:
@@ -90,11 +90,12 @@ def cmd_pretrain(args) -> int:
         # several recipes (no '='), laid over each other in order: a method recipe, then e.g. backbones/vit_tiny
         recipes = [args.config] + [o for o in args.overrides if "=" not in o]
         cfg = load_config(resolve_recipes(recipes), [o for o in args.overrides if "=" in o])
-        # the engine (Lightning) is imported once the config holds: importing it takes seconds on a small
-        # CPU, and a bad key or value is reported before that
+        splits = load_data(cfg)
+        # the engine (Lightning) is imported once the config and the data hold: importing it takes seconds
+        # on a small CPU, and a bad key or value, or a missing or corrupt dataset, is reported before that
         from relssl.engine import pretrain
 
-        res = pretrain(cfg)
+        res = pretrain(cfg, splits=splits)
     from relssl.nn import rank
 
     if rank() == 0:  # under DDP every process runs this command (the process group outlives fit); one summary

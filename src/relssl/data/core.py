@@ -325,5 +325,6 @@ def locate(name: str, root: str | os.PathLike | None, download: bool, find: Call
     where = ", ".join(str(r) for r in roots)
     how = "pass data.root=DIR"
     if name in TORCHVISION_DOWNLOADS:
-        how += f", or data.download=true without data.root where the machine is online (downloads into {roots[-1]})"
+        target = candidate_roots(name, None)[-1]  # the download's place, whatever data.root was
+        how += f", or data.download=true without data.root where the machine is online (downloads into {target})"
     raise DataError(f"{name}: {expected} not found in {where}; {how}{hint}")
