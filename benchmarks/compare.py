@@ -602,6 +602,18 @@ def run_baseline(name: str, seed: int, p: Preset, splits, linear_epochs: int, de
             "device": device.type, "environment": environment()}
 
 
+def share_cores(workers: int) -> int:
+    """This process's share of the CPU when ``workers`` processes run at once (``--jobs N`` on a CPU):
+    cores // N torch threads, also for the processes it starts; returns the thread count. N pools of
+    all the cores would fight over them: on 2 cores two 1-thread runs train 1.20x (SimCLR) to 1.23x
+    (MoCo v2) the steps per second of one 2-thread run (benchmarks/cpu_sharing.py,
+    results/cpu_sharing_cpu-budget_*.json)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def time_steps(combo: str, method: str, plugins: tuple[str, ...], p: Preset, splits, runs_dir: Path,
                accelerator: str, warmup: int = 5, steps: int = 30) -> dict:
     """Seconds per training step of ``combo`` under preset ``p``, measured now (``steptime.py``: a
@@ -1214,12 +1226,7 @@ def main(argv: list[str] | None = None) -> dict:
                           else "cpu")
     runs_dir = args.runs_dir.resolve()
     if args.worker_of > 1 and device.type == "cpu":
-        # --jobs N on a CPU: each worker gets cores // N torch threads (N pools of all the cores would fight
-        # over them). On 2 cores two 1-thread runs train 1.20x (SimCLR) to 1.23x (MoCo v2) the steps per
-        # second of one 2-thread run: benchmarks/cpu_sharing.py, results/cpu_sharing_cpu-budget_*.json
-        threads = max(1, (os.cpu_count() or 1) // args.worker_of)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
+        share_cores(args.worker_of)
 
     if args.time_steps:
         return time_all(args, preset, settings, plan, out)

@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def worker(preset: str, combo: str, steps: int, runs_dir: str) -> None:
-    """One timing run in this process (its thread count comes from OMP_NUM_THREADS); a JSON line out."""
+def worker(preset: str, combo: str, steps: int, runs_dir: str, share: int) -> None:
+    """One timing run in this process, with the threads a ``--jobs share`` worker gets; a JSON line out."""
     import torch
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import compare
 
+    compare.share_cores(share)
     (combo, method, plugins), = compare.select([combo], compare.PRESETS[preset], compare.RESULTS_DIR)
     timed = compare.time_steps(combo, method, plugins, compare.PRESETS[preset], None, Path(runs_dir), "cpu",
                                steps=steps)
@@ -42,21 +42,18 @@ def worker(preset: str, combo: str, steps: int, runs_dir: str) -> None:
 
 
 def measure(preset: str, combo: str, shares: list[int], steps: int) -> list[dict]:
-    cores = os.cpu_count() or 1
     rows = []
     for n in shares:
-        threads = max(1, cores // n)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         with tempfile.TemporaryDirectory(prefix="cpu_sharing_") as tmp:
             procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--preset", preset, "--combo", combo,
-                                       "--steps", str(steps), "--runs-dir", str(Path(tmp) / str(i))],
-                                      env=env, stdout=subprocess.PIPE, text=True) for i in range(n)]
+                                       "--steps", str(steps), "--share", str(n), "--runs-dir", str(Path(tmp) / str(i))],
+                                      stdout=subprocess.PIPE, text=True) for i in range(n)]
             outs = [p.communicate()[0] for p in procs]
         if any(p.returncode for p in procs):
             raise SystemExit(f"cpu_sharing: a timing run of {n} at once failed (exit codes {[p.returncode for p in procs]})")
         runs = [json.loads(o.strip().splitlines()[-1]) for o in outs]
         rate = sum(1.0 / r["seconds_per_step"] for r in runs)
-        rows.append({"runs_at_once": n, "threads_each": threads, "seconds_per_step": [r["seconds_per_step"] for r in runs],
+        rows.append({"runs_at_once": n, "threads_each": runs[0]["threads"], "seconds_per_step": [r["seconds_per_step"] for r in runs],
                      "steps_per_s_total": round(rate, 4), "runs": runs})
     alone = next((r["steps_per_s_total"] for r in rows if r["runs_at_once"] == 1), None)
     for r in rows:
@@ -73,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", action="store_true", help="write benchmarks/results/cpu_sharing_<preset>_<combo>.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--runs-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--share", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.preset, args.combo, args.steps, args.runs_dir)
+        worker(args.preset, args.combo, args.steps, args.runs_dir, args.share)
         return 0
     if any(n < 1 for n in args.shares) or args.steps < 1:
         raise SystemExit("cpu_sharing: error: --shares and --steps must be >= 1")

@@ -185,8 +185,8 @@ MUTANTS = [
            ("tests/test_compare.py::test_a_claimed_run_is_busy_for_another_process_until_released",),
            "two workers of one comparison never run the same combination and seed"),
     Mutant("jobs-workers-keep-every-core", "../../benchmarks/compare.py",
-           "        torch.set_num_threads(threads)\n",
-           "        pass\n",
+           "    torch.set_num_threads(threads)\n",
+           "    pass\n",
            ("tests/test_compare.py::test_jobs_share_the_plan_and_run_each_combination_once",),
            "--jobs N on a CPU gives each worker cores // N threads (N pools of every core fight over them)"),
     # bad input is refused before the heavy imports (seconds on a small CPU)
