@@ -60,6 +60,8 @@ def candidate(backbone: str, lr: float, *extra: str, crop: int | None = 28, epoc
 
 
 NO_BLUR = "augment.strong.blur_p=0"
+HALF = "backbone.kwargs={widths: [16, 32, 64, 128]}"
+DEMO_WARMUP = "optim.warmup_epochs=0.5"
 # name: (overrides, note)
 CANDIDATES = {
     "conv28-b256": (candidate("convnet", 0.1),
@@ -76,6 +78,13 @@ CANDIDATES = {
                       "the tiny conv net (8-64), no blur: more epochs in the same time"),
     "conv32-b256": (candidate("convnet", 0.1, crop=None, epochs=6),
                     "the demo's recipe on all images: convnet, 32-px crops (images upscaled), blur, lr 0.1"),
+    # the demo's budget: a few epochs, warm-up half an epoch, cosine to the end of the last
+    "demo-grid-e3": (candidate("convnet_grid", 0.3, DEMO_WARMUP, epochs=3),
+                     "convnet_grid (32-256), lr 0.3, 3 epochs, warm-up 0.5 epoch: the CPU demo until 2026-12-05"),
+    "demo-half-e3": (candidate("convnet_grid", 0.3, HALF, DEMO_WARMUP, epochs=3),
+                     "convnet_grid at half width (16-128, 512-d features), lr 0.3, 3 epochs, warm-up 0.5 epoch"),
+    "demo-half-e5": (candidate("convnet_grid", 0.3, HALF, DEMO_WARMUP, epochs=5),
+                     "demo-half-e3 for 5 epochs"),
 }
 
 
@@ -173,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             sps = retime(name, args.runs_dir / "retime")
             steps_per_epoch = 60000 // int(next(o.split("=")[1] for o in run["overrides"] if o.startswith("optim.batch_size=")))
             run["quiet_seconds_per_step"] = round(sps, 4)
+            env = environment()  # every candidate of the figure timed on one machine: say which, and when
+            run["quiet_timed_on"] = {"device": env.get("device"), "date": datetime.now().isoformat(timespec="seconds")}
             for point in run["curve"]:
                 point["quiet_train_seconds"] = round(point["epoch"] * steps_per_epoch * sps, 1)
             print(f"cpu_budget: {name}: {sps:.3f} s per step alone ({steps_per_epoch} steps per epoch)", flush=True)

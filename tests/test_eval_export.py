@@ -182,3 +182,20 @@ def test_onnx_metadata_and_cli(onnx_files, resnet_run, tmp_path, capsys, monkeyp
         err = capsys.readouterr().err.strip()
         assert err.startswith("relssl: error: ") and message in err and "\n" not in err
     assert not list(tmp_path.iterdir())  # a refused export writes nothing
+
+
+def test_a_conv_net_with_its_own_widths_is_rebuilt_by_evaluation_and_export(tmp_path, fmnist_small):
+    """backbone.kwargs of a built-in conv net (the CPU demo's half-width net) travel with the checkpoint."""
+    splits = DatasetSplits(info=fmnist_small.info, pretrain=fmnist_small.pretrain.subset(16, seed=0),
+                           bank=fmnist_small.bank.subset(20, seed=0), test=fmnist_small.test.subset(10, seed=0))
+    cfg = tiny_config("simclr", tmp_path, "backbone.name=convnet_grid", "backbone.kwargs={widths: [4, 8, 12]}",
+                      "optim.batch_size=8", "optim.max_steps=1", "optim.epochs=1", "trainer.knn_every=0",
+                      "trainer.knn_at_start=false")
+    res = pretrain(cfg, splits=splits, quiet=True)
+    net = load_method(res["run_dir"], splits=splits)[1].backbone.eval()
+    assert [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)] == [4, 8, 12]
+    out, meta = export_backbone(res["run_dir"], tmp_path / "grid.safetensors", splits=splits)
+    assert meta["arch"]["kwargs"] == {"widths": [4, 8, 12]} and meta["feat_dim"] == 12 * 4
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(load_backbone(out)(x), net(x), atol=1e-6)

@@ -52,7 +52,8 @@ def test_backbone_output_shape(name, in_channels, hw):
     torch.manual_seed(0)
     net, dim = build_backbone(name, in_channels=in_channels)
     expected = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "convnet": 256, "convnet_tiny": 64,
-                "convnet_grid": 256 * 2 * 2}  # a 2x2 grid of the last 256 channels
+                "convnet_grid": 256 * 2 * 2,  # a 2x2 grid of the last 256 channels
+                "convnet_grid_small": 128 * 2 * 2}
     assert dim == expected[name]
     batch = 2 if name.startswith("resnet") else 4
     net.eval()
@@ -60,6 +61,29 @@ def test_backbone_output_shape(name, in_channels, hw):
         out = net(torch.randn(batch, in_channels, hw, hw))
     assert out.shape == (batch, dim)
     assert torch.isfinite(out).all()
+
+
+def test_conv_net_widths_and_grid_come_from_backbone_kwargs():
+    net, dim = build_backbone("convnet_grid", in_channels=1, kwargs={"widths": [4, 8, 16]})
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16] and convs[0].in_channels == 1
+    assert dim == 16 * 2 * 2  # convnet_grid keeps its 2x2 grid unless told otherwise
+    net, dim = build_backbone("convnet", in_channels=3, kwargs={"grid": 3})
+    assert dim == 256 * 9 and net(torch.randn(2, 3, 28, 28)).shape == (2, dim)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"widths": []}, "widths must be a list of positive integers"),
+    ({"widths": [8, 0]}, "widths must be a list of positive integers"),
+    ({"widths": 16}, "widths must be a list of positive integers"),
+    ({"grid": 0}, "grid must be an integer >= 1"),
+    ({"grid": True}, "grid must be an integer >= 1"),
+    ({"depth": 4}, "takes backbone.kwargs widths and grid only"),
+])
+def test_bad_conv_net_kwargs_fail_in_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=message) as err:
+        build_backbone("convnet", in_channels=1, kwargs=kwargs)
+    assert "\n" not in str(err.value)
 
 
 def test_unknown_backbone_lists_names():

@@ -93,7 +93,7 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    # a built-in (resnet18/34/50, convnet, convnet_tiny, convnet_grid), torchvision:<model>, timm:<model>,
+    # a built-in (resnet18/34/50, convnet, convnet_tiny, convnet_grid[_small]), torchvision:<model>, timm:<model>,
     # a name registered with relssl.nn.register_backbone, or package.module:factory (docs/backbones.md)
     name: str = "resnet18"
     kwargs: dict = field(default_factory=dict)  # the model constructor's keyword arguments (torchvision / timm / factory)

@@ -19,7 +19,8 @@ goes the other way.
 ``convnet`` / ``convnet_tiny`` are small fast nets (4 blocks conv3x3-BN-ReLU, max-pool after
 blocks 1-3, global average pool) used by the unit tests and the CPU budget (on 2 CPU cores the
 32-256 net trains at a few hundred images/s, see docs/comparison.md); ``convnet_grid`` is the same
-net with a 2x2 feature grid (the CPU demo's backbone).
+net with a 2x2 feature grid (the CPU comparison's backbone), ``convnet_grid_small`` that at half width
+(the CPU demo's). ``backbone.kwargs`` ``widths`` and ``grid`` set any other widths and grid.
 """
 
 from __future__ import annotations
@@ -52,12 +53,15 @@ _CONVNETS = {
     "convnet": (32, 64, 128, 256),
     "convnet_tiny": (8, 16, 32, 64),
     "convnet_grid": (32, 64, 128, 256),
+    "convnet_grid_small": (16, 32, 64, 128),
 }
 # feature grid per conv net: the last map is average-pooled to grid x grid and flattened (1 = global
 # average pooling). convnet_grid keeps a 2x2 layout: on small centred images such as Fashion-MNIST the
 # position of a part is information that global pooling throws away (chosen by
 # benchmarks/cpu_budget.py: at random init 74.6% kNN against 71.3% for convnet, bank 10k / test 5k)
-_CONVNET_GRID = {"convnet_grid": 2}
+# convnet_grid_small: the same at half width (a quarter of the multiply-adds; 2.6x the steps per second
+# on 2 CPU cores): the CPU demo's backbone, which learned as much in 3 epochs as convnet_grid
+_CONVNET_GRID = {"convnet_grid": 2, "convnet_grid_small": 2}
 BACKBONES: tuple[str, ...] = tuple(_RESNETS) + tuple(_CONVNETS)
 
 
@@ -135,19 +139,38 @@ def check_backbone_name(name: str) -> None:
         check_library_name(family, model)
 
 
+def _convnet_options(name: str, kwargs: dict) -> tuple[tuple[int, ...], int]:
+    """The widths and feature grid of conv net ``name``, its defaults overridden by ``backbone.kwargs``
+    (``widths``: a list of channel counts, one per block; ``grid``: the pooled map's side)."""
+    unknown = sorted(set(kwargs) - {"widths", "grid"})
+    if unknown:
+        raise ValueError(f"backbone {name} takes backbone.kwargs widths and grid only (got {unknown})")
+    widths = kwargs.get("widths", _CONVNETS[name])
+    if (not isinstance(widths, (list, tuple)) or not widths
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+        raise ValueError(f"backbone {name}: backbone.kwargs.widths must be a list of positive integers, one per block "
+                         f"(e.g. [16,32,64,128]), got {widths!r}")
+    grid = kwargs.get("grid", _CONVNET_GRID.get(name, 1))
+    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+        raise ValueError(f"backbone {name}: backbone.kwargs.grid must be an integer >= 1 (1 = global average pooling), "
+                         f"got {grid!r}")
+    return tuple(widths), grid
+
+
 def _builtin(name: str, in_channels: int, cifar_stem: bool, maxpool: bool, kwargs: dict) -> tuple[nn.Module, dict]:
-    if kwargs:
-        raise ValueError(f"backbone {name} takes no backbone.kwargs (got {sorted(kwargs)}); they are for torchvision:, "
-                         "timm: and your own factories")
+    if kwargs and name not in _CONVNETS:
+        raise ValueError(f"backbone {name} takes no backbone.kwargs (got {sorted(kwargs)}); they are for the conv nets "
+                         "(widths, grid), torchvision:, timm: and your own factories")
     if name in _RESNETS:
         net = _resnet(name, in_channels, cifar_stem, maxpool)
         head = "fc"
     elif name in _CONVNETS:
-        net = ConvNet(in_channels, _CONVNETS[name], grid=_CONVNET_GRID.get(name, 1))
+        widths, grid = _convnet_options(name, kwargs)
+        net = ConvNet(in_channels, widths, grid=grid)
         head = None
     else:
         raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
-    return net, {"library": "relssl", "model": name, "kwargs": {}, "in_channels": in_channels, "head": head,
+    return net, {"library": "relssl", "model": name, "kwargs": kwargs, "in_channels": in_channels, "head": head,
                  "cifar_stem": bool(cifar_stem) and name in _RESNETS, "maxpool_removed": not maxpool and name in _RESNETS}
 
 
@@ -218,7 +241,7 @@ def make_backbone(
 
     Args:
         name: a built-in (:data:`BACKBONES`: ``resnet18/34/50``, ``convnet``, ``convnet_tiny``,
-            ``convnet_grid``), ``torchvision:<model>``, ``timm:<model>``, a name registered with
+            ``convnet_grid``, ``convnet_grid_small``), ``torchvision:<model>``, ``timm:<model>``, a name registered with
             :func:`relssl.nn.register_backbone`, or ``package.module:factory``.
         in_channels: input channels (1 for Fashion-MNIST / grey MedMNIST, 3 for RGB).
         cifar_stem: ResNet-like models only: ``conv1`` = 3x3 stride 1 pad 1 no bias;
@@ -226,7 +249,8 @@ def make_backbone(
         maxpool: ResNet-like models only: keep the stem's 3x3/2 max-pool (True: STL-10, Tiny
             ImageNet, ImageNet) or replace it by ``Identity`` (False: CIFAR-sized inputs).
         bn_splits: > 1 converts every ``BatchNorm2d`` into ``SplitBatchNorm2d(num_splits=bn_splits)``.
-        kwargs: keyword arguments of the model's constructor (torchvision / timm / factory).
+        kwargs: keyword arguments of the model's constructor (torchvision / timm / factory); for the
+            conv nets ``widths`` (channels per block) and ``grid`` (side of the pooled feature map).
         image_size: the training crop: ViTs are sized for it, and the model is run once on it
             (and on ``eval_size``) so that a size it cannot take fails here, in one line.
         module: a module of your own (``name`` is then only its label).
