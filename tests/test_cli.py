@@ -55,5 +55,13 @@ def test_demo_prints_result_and_baselines(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "relssl demo = relssl pretrain fashion_mnist/simclr" in out
-    for line in ("raw pixels (mean-centred)", "random-init convnet_tiny", "simclr after 1 epochs", "run directory:"):
+    for line in ("raw pixels (mean-centred)", "random-init convnet_tiny", "simclr after 1 epochs", "simclr - raw pixels",
+                 "run directory:"):
         assert line in out, out
+    import re
+
+    pix = float(re.search(r"raw pixels \(mean-centred\)\s+([\d.]+)%", out).group(1))
+    trained = float(re.search(r"simclr after 1 epochs\s+([\d.]+)%", out).group(1))
+    margin = float(re.search(r"simclr - raw pixels\s+([+-][\d.]+) points", out).group(1))
+    assert margin == pytest.approx(trained - pix, abs=0.011)
+    assert ("no better than the input yet" in out) == (trained <= pix)

@@ -6,7 +6,7 @@ backbone, and on raw (mean-centred) pixels. On Fashion-MNIST those baselines are
 80%, so the gain over them is what shows the method learned something.
 
 Hardware decides the budget: with a GPU, the packaged ResNet-18 recipe as it is; on a CPU-only
-machine, a small conv net for 3 epochs of all 60,000 images: 5 to 11 minutes of training on 2
+machine, a small conv net for 5 epochs of all 60,000 images: 2.5 to 5.5 minutes of training on 2
 cores, by the machine.
 """
 
@@ -19,14 +19,15 @@ from relssl.errors import ConfigError
 from relssl.metrics.knn import knn_accuracy, pixel_features_pair
 
 # CPU budget, from the measurements of benchmarks/cpu_budget.py (docs/comparison.md): the 4-layer
-# conv net with a 2x2 feature grid (convnet_grid) at the native 28 px, all 60,000 images for 3
-# epochs at the comparison's lr 0.3: 5 to 11 minutes of training on 2 idle cores, by the machine
-# (README, "Quick start")
+# conv net with a 2x2 feature grid at half width (convnet_grid_small, 16-128: a quarter of
+# convnet_grid's multiply-adds, and as good after 3 epochs) at the native 28 px, all 60,000 images
+# for 5 epochs at the comparison's lr 0.3: 2.5 to 5.5 minutes of training on 2 idle cores, by the
+# machine (README, "Quick start")
 CPU_OVERRIDES = [
-    "backbone.name=convnet_grid", "backbone.bn_splits=1", "data.crop_size=28",
+    "backbone.name=convnet_grid_small", "backbone.bn_splits=1", "data.crop_size=28",
     "data.bank_subset=10000", "data.test_subset=5000",
-    "optim.batch_size=256", "optim.epochs=3", "optim.warmup_epochs=0.5", "optim.lr=0.3",
-    "trainer.knn_every=3", "trainer.monitor_subset=0", "trainer.threads=2",
+    "optim.batch_size=256", "optim.epochs=5", "optim.warmup_epochs=0.5", "optim.lr=0.3",
+    "trainer.knn_every=5", "trainer.monitor_subset=0", "trainer.threads=2",
 ]
 # per method on the CPU: SimCLR with the MoCo v2 crop range (0.2-1: the 0.08 of SimCLR's own
 # recipe cuts too much of a 28-px garment for so short a run). trainer.threads=2: the same numbers
@@ -61,6 +62,9 @@ def run_demo(method: str = DEFAULT_METHOD, device: str = "auto", overrides: list
     print(f"  raw pixels (mean-centred)        {pix:6.2f}%")
     if res["knn_init_top1"] is not None:
         print(f"  random-init {cfg.backbone.name:<20} {res['knn_init_top1']:6.2f}%")
-    print(f"  {method} after {res['epochs_done']} epochs {'':<9} {res['knn_last_top1']:6.2f}%   (last epoch)")
+    trained = res["knn_last_top1"]
+    print(f"  {method} after {res['epochs_done']} epochs {'':<9} {trained:6.2f}%   (last epoch)")
+    print(f"  {method} - raw pixels {'':<14} {trained - pix:+6.2f} points"
+          + ("" if trained > pix else ": no better than the input yet; train longer (optim.epochs=...)"))
     print(f"run directory: {res['run_dir']}  ({res['wall_seconds']:.0f} s of training)")
     return 0

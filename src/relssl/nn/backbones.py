@@ -59,7 +59,7 @@ _CONVNETS = {
 # average pooling). convnet_grid keeps a 2x2 layout: on small centred images such as Fashion-MNIST the
 # position of a part is information that global pooling throws away (chosen by
 # benchmarks/cpu_budget.py: at random init 74.6% kNN against 71.3% for convnet, bank 10k / test 5k)
-# convnet_grid_small: the same at half width (a quarter of the multiply-adds; 2.6x the steps per second
+# convnet_grid_small: the same at half width (a quarter of the multiply-adds; 2.4-2.9x the steps per second
 # on 2 CPU cores): the CPU demo's backbone, which learned as much in 3 epochs as convnet_grid
 _CONVNET_GRID = {"convnet_grid": 2, "convnet_grid_small": 2}
 BACKBONES: tuple[str, ...] = tuple(_RESNETS) + tuple(_CONVNETS)
