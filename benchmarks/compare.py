@@ -569,6 +569,8 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
         "total_s": round(time.perf_counter() - t_start, 2), "resumed": resumed,
         "run_dir": str(run_dir), "device": device.type,
         "precision": resolve_precision(cfg, "gpu" if device.type == "cuda" else "cpu"),
+        # the layout it trained in (runs recorded before relssl used NHWC on the CPU lack the key: NCHW)
+        "channels_last": results.get("channels_last", device.type == "cuda"),
         "environment": results.get("environment") or environment(),
     }
 

@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py                                   # simclr, mocov2, msvq; the CPU budget's net
     python benchmarks/profile_step.py --methods simclr --backbone convnet --crop 32 --save
+    python benchmarks/profile_step.py --options --methods simclr mocov2 --steps 20 --warmup 5 --save
 
 For each method, on real Fashion-MNIST images, a bare loop (no Lightning) times the parts of a
 step: the random views, the forward pass and loss (backbone, heads, loss, queue writes), the
@@ -11,6 +12,10 @@ own forward+backward on the same views is timed beside it, and the step's floati
 operations (``torch.utils.flop_counter``) give the rate it achieves against a large float32
 matrix multiply timed in the same run (the practical peak of this CPU). Results:
 ``benchmarks/results/profile_step_<backbone>.json`` with ``--save``. Time it alone.
+
+``--options`` times the same bare step with one change at a time against eager float32 (channels_last
+weights and views, ``torch.compile`` of the conv nets, a 512-wide projector, one thread instead of
+all): ``benchmarks/results/profile_step_options_<backbone>_<crop>px.json``.
 """
 
 from __future__ import annotations
@@ -104,6 +109,60 @@ def profile(method: str, overrides: list[str], splits: DatasetSplits, steps: int
             "gflops_achieved": round(flops / 1e9 / (total / steps), 1) if flops else None}
 
 
+# the knobs issue #19 asked about, each timed on the same bare step (views, forward + loss, backward,
+# optimizer, after-step): name -> (extra overrides, how the built method is changed)
+OPTIONS = {
+    "eager": ([], None),
+    "channels_last": ([], "channels_last"),
+    "compile": ([], "compile"),
+    "projector_512": (["method.proj_hidden=512"], None),
+    "one_thread": ([], "one_thread"),
+}
+
+
+def time_option(method: str, overrides: list[str], splits: DatasetSplits, steps: int, warmup: int, option: str) -> dict:
+    """Seconds per bare training step of ``method`` with one of :data:`OPTIONS` applied."""
+    extra, change = OPTIONS[option]
+    cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"), overrides + extra)
+    L.seed_everything(0, verbose=False)
+    module = PretrainModule(cfg, splits)
+    m = module.method
+    threads = torch.get_num_threads()
+    if change == "one_thread":
+        torch.set_num_threads(1)
+    if change == "channels_last":
+        m.to(memory_format=torch.channels_last)
+    if change == "compile":  # every conv net of the method (students and EMA teachers), compiled in place
+        for sub in m.modules():
+            if isinstance(sub, torch.nn.Sequential) and any(isinstance(c, torch.nn.Conv2d) for c in sub.children()):
+                sub.compile()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images, b = module.train_images, cfg.optim.batch_size
+    compile_s, total = 0.0, 0.0
+    try:
+        for i in range(warmup + steps):
+            g = torch.Generator().manual_seed(i)
+            idx = torch.randint(0, len(images), (b,), generator=g)
+            t0 = time.perf_counter()
+            views = make_views(images[idx], module.recipes, module.mean, module.std, g)
+            if change == "channels_last":
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            out = m.training_step(views, StepInfo(step=i, progress=i / (warmup + steps), index=idx, generator=g))
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            m.after_optimizer_step(StepInfo(step=i + 1, progress=(i + 1) / (warmup + steps)))
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                total += dt
+            elif i == 0:
+                compile_s = dt
+    finally:
+        torch.set_num_threads(threads)
+    return {"method": method, "option": option, "overrides": overrides + extra, "seconds_per_step": round(total / steps, 4),
+            "first_step_seconds": round(compile_s, 2), "images_per_s": round(b * steps / total, 1)}
+
+
 def engine_rate(method: str, overrides: list[str], splits: DatasetSplits, steps: int, warmup: int) -> float:
     """images/s of the same step through the engine (Lightning, logging, NaN guard)."""
     cfg = load_config(resolve_recipe(f"fashion_mnist/{method}"),
@@ -133,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--save", action="store_true")
+    ap.add_argument("--options", nargs="*", choices=list(OPTIONS),
+                    help=f"time the step with each of {', '.join(OPTIONS)} (none named: all) instead of the breakdown")
     args = ap.parse_args(argv)
     base = [f"backbone.name={args.backbone}", "backbone.bn_splits=1", f"data.crop_size={args.crop}",
             f"optim.batch_size={args.batch}", "trainer.accelerator=cpu"]
@@ -140,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     full = load_data(cfg)
     splits = DatasetSplits(info=full.info, pretrain=full.pretrain.subset(10000, seed=0), bank=full.bank.subset(512, seed=0),
                            test=full.test.subset(512, seed=0))
+    if args.options is not None:
+        return compare_options(args, base, splits, argv)
     peak = matmul_gflops()
     rows = []
     for method in args.methods:
@@ -162,6 +225,32 @@ def main(argv: list[str] | None = None) -> int:
                                    "date": datetime.now().isoformat(timespec="seconds"), "environment": environment(),
                                    "rows": rows}, indent=2))
         print(f"saved {out}")
+    return 0
+
+
+def compare_options(args, base: list[str], splits: DatasetSplits, argv: list[str] | None) -> int:
+    rows = []
+    for method in args.methods:
+        mine = [time_option(method, base, splits, args.steps, args.warmup, o) for o in args.options or list(OPTIONS)]
+        ref = next((r["seconds_per_step"] for r in mine if r["option"] == "eager"), None)
+        for row in mine:
+            row["speedup_vs_eager"] = round(ref / row["seconds_per_step"], 3) if ref else None
+            rows.append(row)
+            print(f"{method:8s} {row['option']:14s} {row['seconds_per_step']:.3f} s/step "
+                  f"({row['speedup_vs_eager'] or float('nan'):.2f}x eager; first step {row['first_step_seconds']:.1f} s)",
+                  flush=True)
+    if args.save:
+        out = RESULTS / f"profile_step_options_{args.backbone}_{args.crop}px_b{args.batch}.json"
+        old = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+        stamp = {"command": "python benchmarks/profile_step.py " + " ".join(argv or sys.argv[1:]),
+                 "threads": torch.get_num_threads(), "date": datetime.now().isoformat(timespec="seconds"),
+                 "environment": environment()}
+        for row in rows:  # each row carries its own run; a rerun replaces the rows it timed again
+            row.update(timed=stamp["date"], command=stamp["command"])
+        done = {(r["method"], r["option"]) for r in rows}
+        kept = [r for r in old["rows"] if (r["method"], r["option"]) not in done]
+        out.write_text(json.dumps({**stamp, "rows": kept + rows}, indent=2))
+        print(f"saved {out} ({len(kept)} earlier rows kept)")
     return 0
 
 

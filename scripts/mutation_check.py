@@ -200,12 +200,17 @@ MUTANTS = [
            "from torch import Tensor, nn\nfrom torchvision import models  # noqa\n",
            ("tests/test_trust.py::test_bad_config_path_or_data_is_refused_before_lightning_loads",),
            "torchvision loads only where a ResNet is built"),
-    # a conv net's own widths travel with the checkpoint; the demo's margin over pixels is its own numbers'
+    # a conv net's own widths travel with the checkpoint; the CPU trains in NHWC; the demo's margin is over pixels
     Mutant("convnet-kwargs-not-in-arch", "nn/backbones.py",
            "    return net, {\"library\": \"relssl\", \"model\": name, \"kwargs\": kwargs,",
            "    return net, {\"library\": \"relssl\", \"model\": name, \"kwargs\": {},",
            ("tests/test_eval_export.py::test_a_conv_net_with_its_own_widths_is_rebuilt_by_evaluation_and_export",),
            "a conv net trained with backbone.kwargs widths is rebuilt with those widths by eval and export"),
+    Mutant("cpu-trains-nchw", "engine/module.py",
+           "        return bool(self.cfg.backbone.channels_last)",
+           "        return bool(self.cfg.backbone.channels_last) and self.device.type == \"cuda\"",
+           ("tests/test_precision.py::test_a_cpu_run_trains_in_channels_last_unless_told_not_to",),
+           "a CPU run trains in channels_last (the faster layout there too) unless backbone.channels_last=false"),
     Mutant("demo-margin-against-init", "cli/demo.py",
            "{trained - pix:+6.2f} points",
            "{trained - res['knn_init_top1']:+6.2f} points",

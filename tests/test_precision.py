@@ -1,8 +1,9 @@
 """The GPU configuration's code paths, exercised on the CPU: bf16 autocast and channels_last.
 
 On a GPU a run trains under ``bf16-mixed`` with the weights and the views in channels_last. Neither
-needs CUDA to be exercised: Lightning's ``bf16-mixed`` autocasts on the CPU too, and the engine's
-channels_last switch (CUDA only, ``PretrainModule._channels_last``) is forced on here. So every
+needs CUDA to be exercised: Lightning's ``bf16-mixed`` autocasts on the CPU too, and channels_last
+is the default on every device (``backbone.channels_last``; the tests below force it on whatever the
+config says, so that they keep testing the GPU path if the default changes). So every
 method and plug-in runs its real training step the way it runs on a GPU, and these tests check
 that autocast really engaged (the backbone computes in bf16), that the layout really changed,
 that queues stay float32, and that channels_last is a layout only (same losses as contiguous).
@@ -88,6 +89,31 @@ def test_bf16_channels_last_step_of_every_method(case, tmp_path, fmnist_tiny, fo
     assert probe.param_dtypes == {torch.float32}  # master weights stay float32
     assert probe.queue_dtypes <= {torch.float32}  # bf16 keys are stored as float32
     assert res["knn_last_top1"] is not None and res["knn_last_top1"] > 10.0
+
+
+@pytest.mark.parametrize("setting, want", [(None, True), ("false", False)])
+def test_a_cpu_run_trains_in_channels_last_unless_told_not_to(setting, want, tmp_path, fmnist_tiny):
+    """NHWC is faster on the CPU as well (benchmarks/profile_step.py --options): the default there too."""
+    seen = {"inputs": set()}
+
+    class Layout(L.Callback):  # a 1-channel view is NCHW and NHWC at once: look where there are channels
+        def on_train_start(self, trainer, pl_module):
+            conv = [m for m in pl_module.backbone.modules() if isinstance(m, torch.nn.Conv2d)][1]
+            self.handle = conv.register_forward_pre_hook(
+                lambda mod, args: seen["inputs"].add(args[0].is_contiguous(memory_format=torch.channels_last)))
+
+        def on_train_end(self, trainer, pl_module):
+            self.handle.remove()
+            seen["weights"] = {m.weight.is_contiguous(memory_format=torch.channels_last)
+                               for m in pl_module.method.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1}
+
+    extra = [f"backbone.channels_last={setting}"] if setting else []
+    cfg = tiny_config("mocov2", tmp_path, "optim.max_steps=2", "trainer.knn_at_start=false", "trainer.knn_every=0",
+                      *extra)
+    res = pretrain(cfg, splits=fmnist_tiny, quiet=True, extra_callbacks=[Layout()])
+    assert seen["inputs"] == {want}  # the feature maps inside the backbone
+    assert seen["weights"] == {want}  # student and EMA teacher
+    assert res["channels_last"] is want
 
 
 @pytest.mark.parametrize("method", ["simclr", "mocov2"])

@@ -100,7 +100,7 @@ class BackboneConfig:
     cifar_stem: bool = True  # ResNet-like models: 3x3 stride-1 first convolution
     maxpool: bool | None = None  # ResNet-like models; None: the dataset's default (kept for 64-px datasets)
     bn_splits: int = 1  # SplitBatchNorm groups (8 in the small-data recipe, docs/methods/small-data-recipe.md)
-    channels_last: bool = True  # on GPU only
+    channels_last: bool = True  # weights and views in NHWC (faster on GPU and CPU alike; false: NCHW)
     weights: str | None = None  # a local .safetensors / .pth state dict to start from (default: random init)
     pretrained: str | None = None  # the former name of `weights` (read when `weights` is unset)
 

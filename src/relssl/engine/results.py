@@ -39,6 +39,7 @@ def final_results(cfg: Config, run_dir: Path, trainer, uses_labels: bool, monito
         "run_dir": str(run_dir), "method": cfg.method["name"], "dataset": cfg.data.dataset,
         "backbone": cfg.backbone.name, "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
         "wall_seconds": round(wall, 2), **batch_accounting(cfg, trainer.world_size),
+        "channels_last": bool(cfg.backbone.channels_last),  # the layout it trained in
         # a label-oracle control (plugins: [mask_false_negatives]) trains on class labels
         "uses_labels": uses_labels,
         "knn_init_top1": knn_init["top1"] if knn_init else None,
