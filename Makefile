@@ -1,5 +1,5 @@
 # Set-up and main jobs. Each target creates the virtualenv .venv and installs relssl into it.
-#   make demo   pretrain the default method on Fashion-MNIST and evaluate it (2.5 to 5.5 min of training on 2 CPU cores)
+#   make demo   pretrain the default method on Fashion-MNIST and evaluate it (about 3.5 min of training on 2 CPU cores)
 #   make test   the whole test suite, one pytest worker per core (CI runs it, then make docs)
 #   make docs   the documentation site in build/site (MkDocs, strict: a broken link or reference fails)
 # TORCH: the torch/torchvision pins. The defaults are the wheels on this project's machines'

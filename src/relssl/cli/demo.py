@@ -6,8 +6,8 @@ backbone, and on raw (mean-centred) pixels. On Fashion-MNIST those baselines are
 80%, so the gain over them is what shows the method learned something.
 
 Hardware decides the budget: with a GPU, the packaged ResNet-18 recipe as it is; on a CPU-only
-machine, a small conv net for 5 epochs of all 60,000 images: 2.5 to 5.5 minutes of training on 2
-cores, by the machine.
+machine, a small conv net for 5 epochs of all 60,000 images: about 3.5 minutes of training on the
+slower of this project's 2-core machines (README, "Quick start").
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from relssl.metrics.knn import knn_accuracy, pixel_features_pair
 # CPU budget, from the measurements of benchmarks/cpu_budget.py (docs/comparison.md): the 4-layer
 # conv net with a 2x2 feature grid at half width (convnet_grid_small, 16-128: a quarter of
 # convnet_grid's multiply-adds, and as good after 3 epochs) at the native 28 px, all 60,000 images
-# for 5 epochs at the comparison's lr 0.3: 2.5 to 5.5 minutes of training on 2 idle cores, by the
-# machine (README, "Quick start")
+# for 5 epochs at the comparison's lr 0.3: 210 s of training on the slower of this project's 2-core
+# machines, in channels_last (README, "Quick start")
 CPU_OVERRIDES = [
     "backbone.name=convnet_grid_small", "backbone.bn_splits=1", "data.crop_size=28",
     "data.bank_subset=10000", "data.test_subset=5000",
