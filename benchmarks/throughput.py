@@ -10,8 +10,9 @@ Ceiling: the same backbone and batch on random device-resident float data with n
 and no loss: two student forward+backward passes and two teacher forward passes per image plus
 an SGD step (what a MoCo-style step must compute at least). Method rate: the real engine
 (Lightning, PretrainModule) on device-resident uint8 images with the method's batched views,
-its loss, EMA and queue updates. Both use bf16 autocast and channels_last on a GPU, float32 on
-the CPU. Images/s counts each source image once (not each view).
+its loss, EMA and queue updates. Both use channels_last (the engine's default on every device;
+``--layout nchw`` for both in NCHW), and bf16 autocast on a GPU, float32 on the CPU. Images/s counts
+each source image once (not each view).
 
 GPU busy (CUDA only): after the timed steps, 5 more steps run under torch.profiler, which records
 how long the GPU spent in kernels and copies (torch's "Self CUDA time total"); divided by the
@@ -72,12 +73,12 @@ def profiler() -> torch.profiler.profile | None:
 
 
 def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, steps: int, warmup: int,
-            kwargs: dict | None = None) -> tuple[float, float | None]:
+            kwargs: dict | None = None, channels_last: bool = True) -> tuple[float, float | None]:
     """images/s of the ceiling's loop and, on CUDA, the GPU's busy milliseconds per step."""
     student, _ = build_backbone(backbone_name, in_channels=3, cifar_stem=True, kwargs=kwargs, image_size=size)
     student.to(device)
     teacher = make_teacher(student).to(device)
-    cl = device.type == "cuda"
+    cl = channels_last
     if cl:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
@@ -143,11 +144,13 @@ class Timer(L.Callback):
 
 
 def method_rate(method: str, backbone_name: str, batch: int, size: int, device: torch.device, steps: int,
-                warmup: int, data: DatasetSplits, kwargs: dict | None = None) -> tuple[float, float, float | None]:
+                warmup: int, data: DatasetSplits, kwargs: dict | None = None,
+                channels_last: bool = True) -> tuple[float, float, float | None]:
     """images/s of the method's real step, its peak GPU memory (GiB) and, on CUDA, the GPU's busy ms per step."""
     cuda = device.type == "cuda"
     total = warmup + steps + (PROFILED_STEPS if cuda else 0)
-    raw = {"method": {"name": method}, "backbone": {"name": backbone_name, "bn_splits": 1, "kwargs": kwargs or {}},
+    raw = {"method": {"name": method},
+           "backbone": {"name": backbone_name, "bn_splits": 1, "kwargs": kwargs or {}, "channels_last": channels_last},
            "data": {"crop_size": size},
            "optim": {"batch_size": batch, "epochs": 10, "warmup_epochs": 0, "max_steps": total},
            "trainer": {"knn_every": 0, "knn_at_start": False, "progress_bar": False}}
@@ -183,8 +186,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--images", type=int, default=20000, help="device-resident random uint8 images (3x32x32)")
+    ap.add_argument("--layout", choices=("channels_last", "nchw"), default="channels_last",
+                    help="memory layout of weights and images, for the ceiling and the methods alike")
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
+    cl = args.layout == "channels_last"
     kwargs = yaml.safe_load(args.backbone_kwargs) or {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     g = torch.Generator().manual_seed(0)
@@ -193,10 +199,10 @@ def main() -> None:
                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     ds = ImageDataset(imgs, torch.randint(0, 10, (args.images,), generator=g))
     data = DatasetSplits(info=info, pretrain=ds, bank=ds, test=ds)
-    ceil, ceil_busy = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup, kwargs)
+    ceil, ceil_busy = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup, kwargs, cl)
     rows = []
     print(f"device {environment()['device']}; backbone {args.backbone} {kwargs or ''}; batch {args.batch}; "
-          f"{args.size}x{args.size}")
+          f"{args.size}x{args.size}; {args.layout}")
     print(f"{'':12s} {'images/s':>10s} {'of ceiling':>10s} {'peak GiB':>9s} {'step ms':>8s} {'GPU ms':>7s} {'GPU busy':>8s}")
 
     def line(name: str, rate: float, peak: float, busy: float | None) -> dict:
@@ -211,16 +217,17 @@ def main() -> None:
     ceiling_row = line("ceiling", ceil, float("nan"), ceil_busy)
     for m in args.methods:
         rate, peak, busy = method_rate(m, args.backbone, args.batch, args.size, device, args.steps, args.warmup, data,
-                                       kwargs)
+                                       kwargs, cl)
         rows.append({"method": m, **line(m, rate, peak, busy)})
     if args.save:
         env = environment()
         out = Path(__file__).parent / "results" / (
             f"throughput_{'cuda' if device.type == 'cuda' else 'cpu'}_{args.backbone.replace(':', '-')}"
-            f"{'-' + '-'.join(f'{k}{v}' for k, v in kwargs.items()) if kwargs else ''}_{datetime.now():%Y%m%d}.json")
+            f"{'-' + '-'.join(f'{k}{v}' for k, v in kwargs.items()) if kwargs else ''}"
+            f"{'' if cl else '_nchw'}_{datetime.now():%Y%m%d}.json")
         out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "backbone": args.backbone,
                                    "backbone_kwargs": kwargs,
-                                   "batch": args.batch, "size": args.size, "steps": args.steps,
+                                   "batch": args.batch, "size": args.size, "steps": args.steps, "layout": args.layout,
                                    "ceiling_images_per_s": round(ceil, 1), "ceiling": ceiling_row,
                                    "methods": rows, "environment": env},
                                   indent=2))
