@@ -43,6 +43,11 @@ def test_overrides_apply():
     (["augment.strong.blur_pp=0.1"], "augment.strong"),
     (["optim.warmup_epochs=300"], "optim.warmup_epochs must be in"),
     (["lr0.1"], "must look like key=value"),
+    # a built-in's kwargs are checked with the config, before data or a run directory
+    (["backbone.name=convnet_grid", "backbone.kwargs={widths: [16, 0]}"],
+     "backbone.kwargs: backbone convnet_grid: backbone.kwargs.widths must be a list of positive integers"),
+    (["backbone.name=convnet", "backbone.kwargs={depth: 3}"], "backbone.kwargs: .*takes backbone.kwargs widths and grid"),
+    (["backbone.kwargs={width: 2}"], "backbone.kwargs: backbone resnet18 takes no backbone.kwargs"),
 ])
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError, match=message):

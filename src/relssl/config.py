@@ -25,7 +25,7 @@ from relssl.data import DatasetSplits, load_dataset
 from relssl.errors import ConfigError
 from relssl.methods import METHODS, method_config
 from relssl.methods.plugins import plugins_config
-from relssl.nn import Backbone, check_backbone_name, load_weights, make_backbone
+from relssl.nn import Backbone, check_backbone_name, check_builtin_kwargs, load_weights, make_backbone
 from relssl.schema import build_dataclass
 
 
@@ -111,6 +111,10 @@ class BackboneConfig:
             raise ConfigError(f"backbone.name: {err}") from None
         if not isinstance(self.kwargs, dict):
             raise ConfigError(f"backbone.kwargs must be a mapping of constructor arguments, got {self.kwargs!r}")
+        try:
+            check_builtin_kwargs(self.name, self.kwargs)
+        except ValueError as err:
+            raise ConfigError(f"backbone.kwargs: {err}") from None
         if self.bn_splits < 1:
             raise ConfigError(f"backbone.bn_splits must be >= 1, got {self.bn_splits}")
         if self.weights and self.pretrained and self.weights != self.pretrained:

@@ -139,6 +139,18 @@ def check_backbone_name(name: str) -> None:
         check_library_name(family, model)
 
 
+def check_builtin_kwargs(name: str, kwargs: dict) -> None:
+    """A one-line ``ValueError`` for ``backbone.kwargs`` a built-in cannot take (no model is built):
+    the conv nets take ``widths`` and ``grid``, the ResNets nothing; other families are checked when built."""
+    if split_name(name)[0] != "builtin" or not kwargs:
+        return
+    if name in _CONVNETS:
+        _convnet_options(name, kwargs)
+    elif name in _RESNETS:
+        raise ValueError(f"backbone {name} takes no backbone.kwargs (got {sorted(kwargs)}); they are for the conv nets "
+                         "(widths, grid), torchvision:, timm: and your own factories")
+
+
 def _convnet_options(name: str, kwargs: dict) -> tuple[tuple[int, ...], int]:
     """The widths and feature grid of conv net ``name``, its defaults overridden by ``backbone.kwargs``
     (``widths``: a list of channel counts, one per block; ``grid``: the pooled map's side)."""
@@ -158,9 +170,7 @@ def _convnet_options(name: str, kwargs: dict) -> tuple[tuple[int, ...], int]:
 
 
 def _builtin(name: str, in_channels: int, cifar_stem: bool, maxpool: bool, kwargs: dict) -> tuple[nn.Module, dict]:
-    if kwargs and name not in _CONVNETS:
-        raise ValueError(f"backbone {name} takes no backbone.kwargs (got {sorted(kwargs)}); they are for the conv nets "
-                         "(widths, grid), torchvision:, timm: and your own factories")
+    check_builtin_kwargs(name, kwargs)
     if name in _RESNETS:
         net = _resnet(name, in_channels, cifar_stem, maxpool)
         head = "fc"
