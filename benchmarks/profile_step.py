@@ -15,7 +15,8 @@ matrix multiply timed in the same run (the practical peak of this CPU). Results:
 
 ``--options`` times the same bare step with one change at a time against eager float32 (channels_last
 weights and views, ``torch.compile`` of the conv nets, a 512-wide projector, one thread instead of
-all): ``benchmarks/results/profile_step_options_<backbone>_<crop>px.json``.
+all): ``benchmarks/results/profile_step_options_<backbone>_<crop>px_b<batch>.json`` (a rerun replaces the rows it
+times again and keeps the others).
 """
 
 from __future__ import annotations

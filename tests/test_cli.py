@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -58,8 +59,6 @@ def test_demo_prints_result_and_baselines(tmp_path, capsys):
     for line in ("raw pixels (mean-centred)", "random-init convnet_tiny", "simclr after 1 epochs", "simclr - raw pixels",
                  "run directory:"):
         assert line in out, out
-    import re
-
     pix = float(re.search(r"raw pixels \(mean-centred\)\s+([\d.]+)%", out).group(1))
     trained = float(re.search(r"simclr after 1 epochs\s+([\d.]+)%", out).group(1))
     margin = float(re.search(r"simclr - raw pixels\s+([+-][\d.]+) points", out).group(1))
