@@ -4,6 +4,8 @@
     python benchmarks/cpu_budget.py --only conv28-b256   # one candidate
     python benchmarks/cpu_budget.py --plot-only          # redraw the figure from the results file
     python benchmarks/cpu_budget.py --retime             # quiet seconds per step of every finished candidate
+    python benchmarks/cpu_budget.py --retime --only a b  # ... of these (an earlier timing moves to earlier_timings)
+    python benchmarks/cpu_budget.py --retime --timed-steps 100   # steadier on a VM whose speed drifts
 
 Each candidate is SimCLR on Fashion-MNIST (all 60,000 training images) with a set of overrides
 (backbone, width, crop size, crop range, batch, learning rate, epochs). After every epoch the
@@ -85,6 +87,11 @@ CANDIDATES = {
                      "convnet_grid at half width (16-128, 512-d features), lr 0.3, 3 epochs, warm-up 0.5 epoch"),
     "demo-half-e5": (candidate("convnet_grid", 0.3, HALF, DEMO_WARMUP, epochs=5),
                      "demo-half-e3 for 5 epochs"),
+    # the budget's recipe at half width: as good in the same epochs? better in the same minutes?
+    "half28-e8": (candidate("convnet_grid", 0.3, HALF),
+                  "grid28-b256-lr03 at half width (16-128, 512-d features), 8 epochs"),
+    "half28-e24": (candidate("convnet_grid", 0.3, HALF, epochs=24),
+                   "half28-e8 for 24 epochs: about the full-width net's 8-epoch training time"),
 }
 
 
@@ -131,15 +138,16 @@ def run_candidate(name: str, out_dir: Path) -> dict:
         curve.append({"epoch": hist["epoch"], "train_seconds": round(elapsed, 1), "knn_top1": hist["top1"]})
     return {"overrides": overrides, "note": note, "knn_init_top1": res["knn_init_top1"], "curve": curve,
             "knn_last_top1": res["knn_last_top1"], "train_seconds": round(elapsed, 1),
-            "wall_seconds": res["wall_seconds"], "run_dir": res["run_dir"],
+            "wall_seconds": res["wall_seconds"], "run_dir": res["run_dir"], "channels_last": res["channels_last"],
             "date": datetime.now().isoformat(timespec="seconds"), "environment": environment()}
 
 
-def retime(name: str, out_dir: Path, warmup: int = 5, steps: int = 30) -> float:
-    """Quiet seconds per training step of candidate ``name`` (a short run of its config)."""
+def retime(name: str, out_dir: Path, warmup: int = 5, steps: int = 30) -> tuple[float, bool]:
+    """Quiet seconds per training step of candidate ``name`` (a short run of its config), and whether
+    the step ran in channels_last (the engine's default layout, which changed on 2026-12-05)."""
     overrides, _ = CANDIDATES[name]
     cfg = load_config(resolve_recipe("fashion_mnist/simclr"), BASE + overrides + [f"output_dir={out_dir}"])
-    return seconds_per_step(cfg, warmup=warmup, steps=steps)[0]
+    return seconds_per_step(cfg, warmup=warmup, steps=steps)[0], bool(cfg.backbone.channels_last)
 
 
 def plot(data: dict, path: Path) -> None:
@@ -173,17 +181,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/cpu_budget"))
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--retime", action="store_true")
+    ap.add_argument("--timed-steps", type=int, default=30,
+                    help="--retime: steps timed (default 30; on a VM whose speed drifts, 100 gives steadier numbers)")
     args = ap.parse_args(argv)
     data = load(args.out)
     if args.retime:
         for name, run in data["runs"].items():
             if args.only and name not in args.only:
                 continue
-            sps = retime(name, args.runs_dir / "retime")
+            sps, channels_last = retime(name, args.runs_dir / "retime", steps=args.timed_steps)
             steps_per_epoch = 60000 // int(next(o.split("=")[1] for o in run["overrides"] if o.startswith("optim.batch_size=")))
+            if "quiet_seconds_per_step" in run:  # the timing it replaces stays in the file
+                run.setdefault("earlier_timings", []).append(
+                    {"quiet_seconds_per_step": run["quiet_seconds_per_step"], **run.get("quiet_timed_on", {})})
             run["quiet_seconds_per_step"] = round(sps, 4)
-            env = environment()  # every candidate of the figure timed on one machine: say which, and when
-            run["quiet_timed_on"] = {"device": env.get("device"), "date": datetime.now().isoformat(timespec="seconds")}
+            env = environment()  # every candidate of the figure timed on one machine: say which, when, in what layout
+            run["quiet_timed_on"] = {"device": env.get("device"), "date": datetime.now().isoformat(timespec="seconds"),
+                                     "channels_last": channels_last, "timed_steps": args.timed_steps}
             for point in run["curve"]:
                 point["quiet_train_seconds"] = round(point["epoch"] * steps_per_epoch * sps, 1)
             print(f"cpu_budget: {name}: {sps:.3f} s per step alone ({steps_per_epoch} steps per epoch)", flush=True)
