@@ -626,7 +626,7 @@ def time_steps(combo: str, method: str, plugins: tuple[str, ...], p: Preset, spl
     sps, others = seconds_per_step(cfg, splits, warmup=warmup, steps=steps)
     batch = cfg.optim.batch_size
     return {"seconds_per_step": round(sps, 4), "img_s": round(batch / sps, 1), "batch_size": batch,
-            "warmup_steps": warmup, "timed_steps": steps,
+            "warmup_steps": warmup, "timed_steps": steps, "channels_last": bool(cfg.backbone.channels_last),
             "others_cpu_share": None if others is None else round(others, 3),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
 

@@ -233,6 +233,7 @@ def test_time_steps_records_each_step_alone_and_the_table_uses_it(compare, tmp_p
     assert entry["timed_steps"] == 2 and entry["warmup_steps"] == 1 and entry["batch_size"] == 128
     assert entry["seconds_per_step"] > 0 and entry["img_s"] == pytest.approx(128 / entry["seconds_per_step"], rel=1e-2)
     assert entry["machine"]["cpus"] and entry["date"]
+    assert entry["channels_last"] is True  # the layout the step was timed in (the default since 2026-12-05)
     if sys.platform.startswith("linux"):
         assert 0.0 <= entry["others_cpu_share"] <= 1.0
     assert not any((tmp_path / "runs").iterdir())  # the timing run leaves no run directory
