@@ -42,17 +42,9 @@ from relssl.engine.module import PretrainModule  # noqa: E402
 from relssl.config import load_data
 from relssl.engine.rundir import environment  # noqa: E402
 from relssl.methods import StepInfo  # noqa: E402
+from steptime import matmul_gflops  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def profile(method: str, overrides: list[str], splits: DatasetSplits, steps: int, warmup: int) -> dict:

@@ -1,4 +1,6 @@
-"""Seconds per training step of a config, measured now (shared by compare.py and cpu_budget.py).
+"""Seconds per training step of a config, measured now (shared by compare.py and cpu_budget.py), and
+the machine's practical arithmetic rate, a large matmul timed now (shared by profile_step.py and
+throughput.py).
 
 A short run of the config through the engine (``optim.max_steps`` = warm-up + timed steps, monitor
 off), the clock read at the end of each step: what a step costs on the machine as it is, data loading
@@ -64,3 +66,23 @@ def seconds_per_step(cfg, splits=None, warmup: int = 5, steps: int = 30) -> tupl
         (busy0, own0), (busy1, own1) = usage[warmup], usage[warmup + steps]
         others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (elapsed * (os.cpu_count() or 1))
     return elapsed / steps, others
+
+
+def matmul_gflops(device: torch.device | str = "cpu", reps: int = 10) -> float:
+    """GFLOP/s of a large square matmul on ``device``, timed now: the practical peak that a training
+    step's arithmetic is compared with. float32 2048x2048 on a CPU; bf16 8192x8192 on a GPU (the
+    precision the GPU recipe computes in)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    n, dtype = (8192, torch.bfloat16) if cuda else (2048, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if cuda:
+        torch.cuda.synchronize(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9

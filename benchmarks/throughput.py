@@ -14,6 +14,12 @@ its loss, EMA and queue updates. Both use channels_last (the engine's default on
 ``--layout nchw`` for both in NCHW), and bf16 autocast on a GPU, float32 on the CPU. Images/s counts
 each source image once (not each view).
 
+Arithmetic: one more step of the ceiling and of each method runs under
+``torch.utils.flop_counter.FlopCounterMode`` (forward, loss, backward: the convolutions and matrix
+products); its floating-point operations over the timed step time give the GFLOP/s the step achieves,
+set against a large matmul timed in the same run on the same device (float32 2048x2048 on a CPU, bf16
+8192x8192 on a GPU): the fraction of the machine's practical peak that the step uses.
+
 GPU busy (CUDA only): after the timed steps, 5 more steps run under torch.profiler, which records
 how long the GPU spent in kernels and copies (torch's "Self CUDA time total"); divided by the
 unprofiled step time it says whether a step is bound by the GPU's arithmetic (near 1) or by the
@@ -32,6 +38,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -42,6 +49,7 @@ from relssl.engine.module import PretrainModule  # noqa: E402
 from relssl.engine.rundir import environment  # noqa: E402
 from relssl.methods import METHODS  # noqa: E402
 from relssl.nn import build_backbone, make_teacher  # noqa: E402
+from steptime import matmul_gflops  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -73,8 +81,9 @@ def profiler() -> torch.profiler.profile | None:
 
 
 def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, steps: int, warmup: int,
-            kwargs: dict | None = None, channels_last: bool = True) -> tuple[float, float | None]:
-    """images/s of the ceiling's loop and, on CUDA, the GPU's busy milliseconds per step."""
+            kwargs: dict | None = None, channels_last: bool = True) -> tuple[float, float | None, float]:
+    """images/s of the ceiling's loop, on CUDA the GPU's busy milliseconds per step, and the
+    floating-point operations of one step."""
     student, _ = build_backbone(backbone_name, in_channels=3, cifar_stem=True, kwargs=kwargs, image_size=size)
     student.to(device)
     teacher = make_teacher(student).to(device)
@@ -113,20 +122,27 @@ def ceiling(backbone_name: str, batch: int, size: int, device: torch.device, ste
         sync(device)
         prof.__exit__(None, None, None)
         busy = device_busy_ms(prof) / PROFILED_STEPS
-    return rate, busy
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return rate, busy, counter.get_total_flops()
 
 
 class Timer(L.Callback):
     """Wall time from the end of step ``warmup`` to the end of step ``stop``; on CUDA, then the GPU's
-    busy time over the next ``PROFILED_STEPS`` steps under the profiler."""
+    busy time over the next ``PROFILED_STEPS`` steps under the profiler; then the floating-point
+    operations of the step after those (the last), counted by ``FlopCounterMode``."""
 
     def __init__(self, warmup: int, stop: int, profile: bool) -> None:
         self.warmup, self.stop, self.profile = warmup, stop, profile
-        self.t0 = self.t1 = self.prof = self.busy_ms = None
+        self.count_at = stop + (PROFILED_STEPS if profile else 0)
+        self.t0 = self.t1 = self.prof = self.busy_ms = self.counter = self.flops = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.profile and trainer.global_step == self.stop:
             self.prof = profiler()
+        if trainer.global_step == self.count_at:  # the whole step: forward, loss, backward, optimizer
+            self.counter = FlopCounterMode(display=False)
+            self.counter.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -141,14 +157,19 @@ class Timer(L.Callback):
             self.prof.__exit__(None, None, None)
             self.busy_ms = device_busy_ms(self.prof) / PROFILED_STEPS
             self.prof = None
+        if self.counter is not None and step == self.count_at + 1:
+            self.counter.__exit__(None, None, None)
+            self.flops = self.counter.get_total_flops()
+            self.counter = None
 
 
 def method_rate(method: str, backbone_name: str, batch: int, size: int, device: torch.device, steps: int,
                 warmup: int, data: DatasetSplits, kwargs: dict | None = None,
-                channels_last: bool = True) -> tuple[float, float, float | None]:
-    """images/s of the method's real step, its peak GPU memory (GiB) and, on CUDA, the GPU's busy ms per step."""
+                channels_last: bool = True) -> tuple[float, float, float | None, float | None]:
+    """images/s of the method's real step, its peak GPU memory (GiB), on CUDA the GPU's busy ms per
+    step, and the floating-point operations of one step."""
     cuda = device.type == "cuda"
-    total = warmup + steps + (PROFILED_STEPS if cuda else 0)
+    total = warmup + steps + (PROFILED_STEPS if cuda else 0) + 1  # + the step whose operations are counted
     raw = {"method": {"name": method},
            "backbone": {"name": backbone_name, "bn_splits": 1, "kwargs": kwargs or {}, "channels_last": channels_last},
            "data": {"crop_size": size},
@@ -173,7 +194,7 @@ def method_rate(method: str, backbone_name: str, batch: int, size: int, device: 
     sync(device)
     rate = batch * steps / (timer.t1 - timer.t0)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return rate, peak, timer.busy_ms
+    return rate, peak, timer.busy_ms, timer.flops
 
 
 def main() -> None:
@@ -199,26 +220,36 @@ def main() -> None:
                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     ds = ImageDataset(imgs, torch.randint(0, 10, (args.images,), generator=g))
     data = DatasetSplits(info=info, pretrain=ds, bank=ds, test=ds)
-    ceil, ceil_busy = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup, kwargs, cl)
+    peak_gflops = matmul_gflops(device)
+    ceil, ceil_busy, ceil_flops = ceiling(args.backbone, args.batch, args.size, device, args.steps, args.warmup,
+                                          kwargs, cl)
     rows = []
     print(f"device {environment()['device']}; backbone {args.backbone} {kwargs or ''}; batch {args.batch}; "
-          f"{args.size}x{args.size}; {args.layout}")
-    print(f"{'':12s} {'images/s':>10s} {'of ceiling':>10s} {'peak GiB':>9s} {'step ms':>8s} {'GPU ms':>7s} {'GPU busy':>8s}")
+          f"{args.size}x{args.size}; {args.layout}; matmul {peak_gflops:,.0f} GFLOP/s "
+          f"({'bf16' if device.type == 'cuda' else 'float32'})")
+    print(f"{'':12s} {'images/s':>10s} {'of ceiling':>10s} {'peak GiB':>9s} {'step ms':>8s} {'GFLOP/step':>10s} "
+          f"{'GFLOP/s':>9s} {'of matmul':>9s}" + (f" {'GPU ms':>7s} {'GPU busy':>8s}" if device.type == "cuda" else ""))
 
-    def line(name: str, rate: float, peak: float, busy: float | None) -> dict:
+    def line(name: str, rate: float, peak: float, busy: float | None, flops: float | None) -> dict:
         step_ms = 1e3 * args.batch / rate
+        achieved = flops / 1e9 / (step_ms / 1e3) if flops else None
         print(f"{name:12s} {rate:10.0f} {rate / ceil:10.2f} {peak:9.2f} {step_ms:8.1f}"
+              + (f" {flops / 1e9:10.1f} {achieved:9.1f} {achieved / peak_gflops:9.2f}" if achieved else f" {'-':>10s} "
+                 f"{'-':>9s} {'-':>9s}")
               + (f" {busy:7.1f} {busy / step_ms:8.2f}" if busy is not None else ""))
         return {"images_per_s": round(rate, 1), "ratio": round(rate / ceil, 3),
                 "peak_gib": None if peak != peak else round(peak, 2), "step_ms": round(step_ms, 2),
+                "gflop_per_step": round(flops / 1e9, 2) if flops else None,
+                "gflops_achieved": round(achieved, 1) if achieved else None,
+                "fraction_of_matmul": round(achieved / peak_gflops, 3) if achieved else None,
                 "gpu_busy_ms_per_step": None if busy is None else round(busy, 2),
                 "gpu_busy_fraction": None if busy is None else round(busy / step_ms, 3)}
 
-    ceiling_row = line("ceiling", ceil, float("nan"), ceil_busy)
+    ceiling_row = line("ceiling", ceil, float("nan"), ceil_busy, ceil_flops)
     for m in args.methods:
-        rate, peak, busy = method_rate(m, args.backbone, args.batch, args.size, device, args.steps, args.warmup, data,
-                                       kwargs, cl)
-        rows.append({"method": m, **line(m, rate, peak, busy)})
+        rate, peak, busy, flops = method_rate(m, args.backbone, args.batch, args.size, device, args.steps, args.warmup,
+                                              data, kwargs, cl)
+        rows.append({"method": m, **line(m, rate, peak, busy, flops)})
     if args.save:
         env = environment()
         out = Path(__file__).parent / "results" / (
@@ -229,6 +260,8 @@ def main() -> None:
                                    "backbone_kwargs": kwargs,
                                    "batch": args.batch, "size": args.size, "steps": args.steps, "layout": args.layout,
                                    "ceiling_images_per_s": round(ceil, 1), "ceiling": ceiling_row,
+                                   "matmul_gflops": round(peak_gflops, 1),
+                                   "matmul_dtype": "bfloat16" if device.type == "cuda" else "float32",
                                    "methods": rows, "environment": env},
                                   indent=2))
         print(f"saved {out}")
