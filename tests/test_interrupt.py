@@ -72,6 +72,10 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(sig, code, tmp_path, 
     assert before and max(before) == stopped - 1  # Lightning logs step k as k - 1... checked, not assumed
     proc = cli("pretrain", "--resume", str(run))
     assert proc.wait(timeout=400) == 0, proc.stderr.read()
+    said = proc.stderr.read()
+    # the resume is exact (below), so Lightning's warning that it may not be is not shown, nor its advertisement
+    assert "Restored all states from the checkpoint" in said, said[-2000:]
+    assert "ended before the epoch ended" not in said and "litlogger" not in said, said[-2000:]
     after = logged_steps(run)
     # the history is kept (append-only) and the resumed process starts where the first stopped:
     # no step is trained twice, none is skipped

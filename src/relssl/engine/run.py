@@ -109,6 +109,9 @@ def _fit(cfg: Config, trainer: L.Trainer, module: PretrainModule, run_dir: Path,
     # the monitor runs every trainer.knn_every epochs: the best-checkpoint callback skips the others
     warnings.filterwarnings("ignore", message=".*monitor='(knn_top1|rankme)'.*could not find the monitored key.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # a mid-epoch resume is exact: relssl's sampler skips the batches the checkpoint had trained
+    # (relssl_position; tests/test_interrupt.py), so Lightning's "not resumable" warning does not apply
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     try:
         with stop:
             trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -21,6 +21,15 @@ from relssl.errors import TrainingError
 log = logging.getLogger("relssl")
 
 
+def _no_advertisement(record: logging.LogRecord) -> bool:
+    """Drop Lightning's "Tip: ... try installing litlogger" line from every run's console output."""
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+# Lightning's rank_zero_info logs through this logger (lightning.pytorch.utilities.rank_zero)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advertisement)
+
+
 def describe_monitor(cfg: Config, monitor: RepresentationMonitor, kind: str) -> None:
     lf = next((p for p in monitor.probes if isinstance(p, LabelFreeProbe)), None)
     label_free = f"RankMe / uniformity / alignment on {len(lf.images)} pretraining images" if lf else ""
