@@ -54,6 +54,16 @@ def _plain_torchvision_resnet18(in_channels):
     return net
 
 
+def test_input_size_is_the_size_relssl_evaluates_at(resnet_run, tmp_path):
+    # 24-px crops of 28-px images: relssl evaluates the whole 28-px image (eval_image_size), and the
+    # metadata must say so, not the crop size
+    run_dir, splits = resnet_run
+    _, meta = export_backbone(run_dir, tmp_path / "b.safetensors", splits=splits, overrides=["data.crop_size=24"])
+    assert meta["input_size"] == 28
+    _, meta = export_backbone(run_dir, tmp_path / "c.safetensors", splits=splits, overrides=["data.eval_size=36"])
+    assert meta["input_size"] == 36
+
+
 def test_export_loads_into_plain_torchvision(exported, ours):
     out, meta = exported
     assert out.is_file()

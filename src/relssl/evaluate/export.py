@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from relssl.config import eval_image_size
 from relssl.errors import CheckpointError, ConfigError, DataError
 
 FORMAT = "relssl-backbone"
@@ -89,7 +90,8 @@ def backbone_from_checkpoint(path: str | Path, overrides: list[str] | None = Non
     method, built = build_method(cfg, in_channels, maxpool, backbone)
     feat_dim = built.feat_dim
     load_method_weights(method, ckpt, ckpt_path)
-    size = cfg.data.eval_size or cfg.data.crop_size or (info.crop_size if info is not None else None)
+    # the size relssl's own evaluation feeds (the native size when it is at least the crop size)
+    size = eval_image_size(cfg, info) if info is not None else (cfg.data.eval_size or cfg.data.crop_size)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "backbone": b.name, "in_channels": in_channels, "cifar_stem": b.cifar_stem, "maxpool": bool(maxpool),
