@@ -71,6 +71,7 @@ from relssl.engine.setup import resolve_precision  # noqa: E402
 from relssl.errors import ConfigError, RunInterrupted  # noqa: E402
 from relssl.metrics.knn import extract_features, knn_accuracy  # noqa: E402
 from relssl.evaluate.linear import LinearProbeConfig, linear_probe_features  # noqa: E402
+from relssl.evaluate.export import export_backbone  # noqa: E402
 from relssl.methods import METHODS  # noqa: E402
 from relssl.methods.plugins import PLUGINS, hosts_of  # noqa: E402
 from steptime import seconds_per_step  # noqa: E402
@@ -472,12 +473,17 @@ def eval_features(backbone, images, size, info, device) -> torch.Tensor:
                             channels_last=device.type == "cuda", normalize=False)
 
 
+def knn_eval(train_x, train_y, test_x, test_y, num_classes: int, device) -> dict:
+    """The headline kNN (k=KNN_K, T=KNN_T, cosine) on fixed, un-normalised features."""
+    return knn_accuracy(F.normalize(train_x.to(device), dim=1), train_y.to(device).long(),
+                        F.normalize(test_x.to(device), dim=1), test_y.to(device).long(), num_classes, k=KNN_K, t=KNN_T)
+
+
 def evaluate(train_x, train_y, test_x, test_y, num_classes: int, linear_epochs: int, seed: int, device) -> dict:
     """Headline kNN and linear probe on fixed features; ``train_x`` / ``test_x`` un-normalised."""
     t0 = time.perf_counter()
     train_y, test_y = train_y.to(device).long(), test_y.to(device).long()
-    knn = knn_accuracy(F.normalize(train_x.to(device), dim=1), train_y, F.normalize(test_x.to(device), dim=1), test_y,
-                       num_classes, k=KNN_K, t=KNN_T)
+    knn = knn_eval(train_x, train_y, test_x, test_y, num_classes, device)
     probe = linear_probe_features(train_x, train_y, test_x, test_y, num_classes, probe_config(linear_epochs, seed),
                                   device=device)
     return {"knn_last_top1": _r(knn["top1"]), "knn_last_top5": _r(knn["top5"]),
@@ -543,6 +549,10 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
     ev = evaluate(ftr, train.labels, fte, test.labels, splits.info.num_classes, linear_epochs, seed, device)
     eval_s = time.perf_counter() - t0
     del setup, ftr, fte
+    # the evaluated backbone, kept when the checkpoints go (a few MB at CPU scale): benchmarks/zoo.py
+    # publishes chosen ones, and the suite checks that they give the number recorded here
+    weights = run_dir / "backbone.safetensors"
+    export_backbone(run_dir, weights, splits=splits)
     if not keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     hist = [{"epoch": h["epoch"], "top1": _r(h["top1"]), "top5": _r(h["top5"])} for h in results["knn_history"]]
@@ -552,7 +562,7 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
         "views": list(cfg.views) if cfg.views else None,
         "epochs": results["epochs_done"], "steps": results["steps"], "pretrain_images": len(
             splits.pretrain.subset(cfg.data.subset, seed=seed)),
-        "eval_train": len(train), "eval_test": len(test),
+        "eval_train": len(train), "eval_test": len(test), "eval_size": size,
         **ev,
         "knn_init_top1": _r(results.get("knn_init_top1")),
         "knn_monitor_last_top1": _r(results.get("knn_last_top1")),
@@ -568,6 +578,7 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
         "eval_wall_s": round(eval_s, 2),
         "total_s": round(time.perf_counter() - t_start, 2), "resumed": resumed,
         "run_dir": str(run_dir), "device": device.type,
+        "backbone_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "precision": resolve_precision(cfg, "gpu" if device.type == "cuda" else "cpu"),
         # the layout it trained in (runs recorded before relssl used NHWC on the CPU lack the key: NCHW)
         "channels_last": results.get("channels_last", device.type == "cuda"),
@@ -937,13 +948,17 @@ def render_docs_block(data: dict, out_json: Path) -> str:
 def sync_docs(page: Path, out_json: Path, data: dict) -> bool:
     """Rewrite the generated block of ``out_json`` in ``page``; True when the page changed.
     The page must already hold the two markers (``docs_markers``), begin before end."""
-    begin, end = docs_markers(out_json)
+    return replace_block(page, *docs_markers(out_json), render_docs_block(data, out_json), "compare", out_json.name)
+
+
+def replace_block(page: Path, begin: str, end: str, body: str, tool: str, what: str) -> bool:
+    """Put ``body`` between the lines ``begin`` and ``end`` of ``page`` (atomically); True when it changed."""
     text = page.read_text()
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise SystemExit(f"compare: error: {page} has no generated block for {out_json.name}; put the two lines "
+        raise SystemExit(f"{tool}: error: {page} has no generated block for {what}; put the two lines "
                          f"'{begin}' and '{end}' where the block belongs, then run again")
-    new = text[:i + len(begin)] + "\n" + render_docs_block(data, out_json) + text[j:]
+    new = text[:i + len(begin)] + "\n" + body + text[j:]
     if new != text:
         write_atomic(page, new)
     return new != text
