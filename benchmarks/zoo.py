@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 import compare  # noqa: E402
+from relssl.config import config_from_dict  # noqa: E402
 from relssl.errors import CheckpointError, ConfigError  # noqa: E402
 
 ZOO = ROOT / "zoo"
@@ -126,6 +127,11 @@ def add(results: Path, combo: str, seed: int, runs_dir: Path | None, zoo: Path, 
         raise CheckpointError(f"{src} has sha256 {digest[:12]}..., the record {rec['backbone_sha256'][:12]}...: "
                               "not the backbone the comparison evaluated")
     meta = read_metadata(src)
+    if "config" in meta:  # files exported since the run's config travels with its weights
+        trained = compare.config_hash(config_from_dict(meta["config"]))
+        if trained != rec["config_hash"]:
+            raise CheckpointError(f"{src} was trained with config {trained}, the record's run with {rec['config_hash']}: "
+                                  "not the backbone of this run")
     name = compare.run_name(data["preset"], combo, seed).removeprefix("compare-")
     entry = {
         "name": name, "file": f"{name}.safetensors", "sha256": digest, "bytes": src.stat().st_size,

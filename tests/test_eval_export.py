@@ -3,13 +3,17 @@
 import json
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 import torchvision
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from relssl.cli import main
+from relssl.config import config_from_dict
 from relssl.data import DatasetSplits
 from relssl.engine import pretrain
 from relssl.evaluate.checkpoint import load_method
@@ -54,12 +58,16 @@ def _plain_torchvision_resnet18(in_channels):
     return net
 
 
-def test_input_size_is_the_size_relssl_evaluates_at(resnet_run, tmp_path):
+def test_metadata_says_the_evaluation_size_and_the_whole_config(resnet_run, tmp_path):
     # 24-px crops of 28-px images: relssl evaluates the whole 28-px image (eval_image_size), and the
     # metadata must say so, not the crop size
     run_dir, splits = resnet_run
     _, meta = export_backbone(run_dir, tmp_path / "b.safetensors", splits=splits, overrides=["data.crop_size=24"])
     assert meta["input_size"] == 28
+    # the file carries the run's whole config, as evaluated (with the export's data.* overrides)
+    run_cfg = config_from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())).to_dict()
+    want = {**run_cfg, "data": {**run_cfg["data"], "crop_size": 24}}
+    assert read_metadata(tmp_path / "b.safetensors")["config"] == json.loads(json.dumps(want))  # (tuples: lists)
     _, meta = export_backbone(run_dir, tmp_path / "c.safetensors", splits=splits, overrides=["data.eval_size=36"])
     assert meta["input_size"] == 36
 

@@ -116,6 +116,18 @@ def test_add_refuses_what_it_cannot_vouch_for(zoo, smoke, fmnist, tmp_path):
     with pytest.raises(CheckpointError, match="not the backbone the comparison evaluated"):
         zoo.add(smoke, "simclr", 0, tmp_path / "runs", tmp_path / "zoo", splits=fmnist)
     assert not (tmp_path / "zoo").exists()  # nothing written
+    # a file of the record's hash whose config is another run's (the record's hash made to match it)
+    meta = read_metadata(run_dir / "backbone.safetensors")
+    meta["config"]["optim"]["lr"] *= 2
+    other = tmp_path / "runs2" / run_dir.name / "backbone.safetensors"
+    other.parent.mkdir(parents=True)
+    save_file(load_file(str(run_dir / "backbone.safetensors")), str(other),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    forged = json.loads(smoke.read_text())
+    forged["runs"][0]["backbone_sha256"] = zoo.sha256(other)
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    with pytest.raises(CheckpointError, match="was trained with config .*not the backbone of this run"):
+        zoo.add(tmp_path / "forged.json", "simclr", 0, tmp_path / "runs2", tmp_path / "zoo", splits=fmnist)
     # a record whose number the weights do not give: recomputed at publication, refused
     off = json.loads(smoke.read_text())
     off["runs"][0]["knn_last_top1"] += 1.0

@@ -101,6 +101,8 @@ def backbone_from_checkpoint(path: str | Path, overrides: list[str] | None = Non
         "method": cfg.method["name"], "dataset": cfg.data.dataset, "input_size": size,
         "mean": list(info.mean) if info is not None else None, "std": list(info.std) if info is not None else None,
         "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step"), "source": str(ckpt_path),
+        # the whole recipe the weights were trained with (data.* as evaluated: with the export's overrides)
+        "config": cfg.to_dict(),
         "relssl_version": relssl.__version__, "torch": torch.__version__,
     }
     return method.backbone, meta
