@@ -217,3 +217,43 @@ def test_a_conv_net_with_its_own_widths_is_rebuilt_by_evaluation_and_export(tmp_
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(load_backbone(out)(x), net(x), atol=1e-6)
+
+
+# ------------------------------------------------------------------ evaluating an exported file
+
+
+def test_an_exported_backbone_evaluates_like_its_run(resnet_run, exported, capsys):
+    from relssl.evaluate.checkpoint import prepare
+
+    run_dir, splits = resnet_run
+    path, _ = exported
+    a, b = prepare(run_dir, splits=splits), prepare(path, splits=splits)
+    assert b.exported and not a.exported and b.eval_size == a.eval_size
+    x = splits.test.materialize().images[:8]
+    assert torch.equal(a.features(x), b.features(x))
+    # the command line, on the real dataset: the same kNN from the file as from the run directory
+    got = []
+    for where in (run_dir, path):
+        assert main(["eval", "knn", str(where), "data.bank_subset=100", "data.test_subset=50", "--no-baselines",
+                     "--json", "--device", "cpu"]) == 0
+        got.append(json.loads(capsys.readouterr().out)["results"])
+    assert got[0] == got[1] and got[0]["weighted"]["top1"] > 0
+
+
+def test_what_an_exported_backbone_cannot_answer_is_refused_in_one_line(resnet_run, exported, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    path, meta = exported
+    for argv, says in ((["eval", "diagnose", str(path)], "holds the backbone alone; diagnose needs"),
+                       (["embed", str(path), "--head", "projector", "--split", "test", "-o", str(tmp_path / "e.npz")],
+                        "holds the backbone alone, not the projector")):
+        assert main(argv + ["data.test_subset=20", "data.bank_subset=20"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "e.npz").exists()
+    # a file exported before the config travelled with the weights
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata={k: json.dumps(v) for k, v in meta.items() if k != "config"})
+    assert main(["eval", "knn", str(old), "data.test_subset=20", "data.bank_subset=20"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exported before relssl put the run's config in the file" in err[0], err

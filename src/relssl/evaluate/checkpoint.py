@@ -47,10 +47,40 @@ def run_dir_of(path: str | Path) -> Path | None:
     return None
 
 
+EXPORTED = "relssl_exported"  # the key that marks a checkpoint dict read from an exported backbone
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` is a backbone file written by ``relssl export`` (not a checkpoint)."""
+    return Path(path).suffix == ".safetensors" and Path(path).is_file()
+
+
+def _read_exported(path: Path) -> dict:
+    """An exported backbone as a checkpoint dict: its config (the metadata's), and its weights as the
+    backbone's (``load_method_weights`` puts them where the method keeps its backbone)."""
+    from safetensors.torch import load_file
+
+    from relssl.evaluate.exported import read_metadata
+
+    meta = read_metadata(path)
+    raw = meta.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} was exported before relssl put the run's config in the file; evaluate the run "
+                              "directory it came from, or load it with relssl.evaluate.export.load_backbone")
+    raw = {**raw, "backbone": {**raw["backbone"], "maxpool": meta["maxpool"]}}  # the architecture it was built with
+    return {"hyper_parameters": {"config": raw}, EXPORTED: True, "epoch": meta.get("epoch"),
+            "global_step": meta.get("global_step"),
+            "state_dict": {f"method.backbone.{k}": v for k, v in load_file(str(path)).items()}}
+
+
 def read_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, dict, Config]:
-    """(checkpoint path, checkpoint dict, its config with ``data.*`` overrides applied)."""
-    ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint_file(ckpt_path)
+    """(checkpoint path, checkpoint dict, its config with ``data.*`` overrides applied); ``path`` may
+    also be a backbone file of ``relssl export`` that carries its run's config."""
+    if is_exported(path):
+        ckpt_path, ckpt = Path(path), _read_exported(Path(path))
+    else:
+        ckpt_path = resolve_checkpoint(path)
+        ckpt = load_checkpoint_file(ckpt_path)
     raw = (ckpt.get("hyper_parameters") or {}).get("config")
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {ckpt_path} carries no relssl config: not made by relssl pretrain")
@@ -99,6 +129,8 @@ def load_method_weights(method: nn.Module, ckpt: dict, ckpt_path: Path) -> None:
     """Load the ``method.*`` weights of a Lightning checkpoint; every backbone weight must be there."""
     state = {k[len("method."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("method.")}
     prefix = _backbone_prefix(method)
+    if ckpt.get(EXPORTED):  # the backbone's own keys: where this method keeps its backbone
+        state = {f"{prefix}.{k[len('backbone.'):]}" if prefix else k[len("backbone."):]: v for k, v in state.items()}
     wanted = [f"{prefix}.{k}" if prefix else k for k in method.backbone.state_dict()]
     absent = [k for k in wanted if k not in state]
     if absent:
@@ -165,6 +197,11 @@ class EvalSetup:
     @property
     def backbone(self) -> nn.Module:
         return self.method.backbone
+
+    @property
+    def exported(self) -> bool:
+        """Loaded from an exported backbone: only the backbone is trained (the heads are fresh)."""
+        return is_exported(self.ckpt_path)
 
     @property
     def eval_size(self) -> int:

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import Tensor
 
+from relssl.errors import ConfigError
 from relssl.metrics.falseneg import (
     false_negative_stats,
     neighbour_purity,
@@ -88,6 +89,9 @@ def diagnose(setup, batch: int = 256, n: int = 2000, temperature: float | None =
 
     if batch < 2 or n < 2:
         raise ValueError(f"diagnose needs batch >= 2 and n >= 2, got batch={batch}, n={n}")
+    if getattr(setup, "exported", False):
+        raise ConfigError(f"{setup.ckpt_path} holds the backbone alone; diagnose needs the method's heads and "
+                          "queues: pass the run directory or its checkpoint")
     cfg, method, dev = setup.cfg, setup.method, setup.device
     temp = float(temperature) if temperature is not None else _method_temperature(cfg)
     net, net_name = _embedder(method)

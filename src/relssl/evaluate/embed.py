@@ -188,6 +188,9 @@ def embed_split(setup, split: str = "all", head: str = "backbone", normalize: bo
         raise ConfigError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if head != "backbone" and getattr(setup, "exported", False):
+        raise ConfigError(f"{setup.ckpt_path} holds the backbone alone, not the {head}; use --head backbone, or "
+                          "embed from the run directory")
     roles = split_roles(setup.splits, split)
     net = setup.backbone if head == "backbone" else projection_network(setup.method)
     subsets = dict(subsets or {})

@@ -47,9 +47,8 @@ from torch import nn
 
 from relssl.config import eval_image_size
 from relssl.errors import CheckpointError, ConfigError, DataError
+from relssl.evaluate.exported import FORMAT, FORMAT_VERSION, read_metadata  # noqa: F401 - part of this module's API
 
-FORMAT = "relssl-backbone"
-FORMAT_VERSION = "1"
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
@@ -157,30 +156,6 @@ def export_backbone(path: str | Path, out: str | Path | None = None, overrides: 
     backbone, meta = backbone_from_checkpoint(path, overrides, splits=splits, maxpool=maxpool, backbone=backbone)
     out = Path(out) if out is not None else default_export_path(path)
     return save_backbone(backbone, meta, out), meta
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The metadata of an exported backbone (values decoded from JSON)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"exported backbone {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f"{path} is not a safetensors file ({str(err).splitlines()[0][:120]})") from err
-    meta = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} was not written by relssl export (no '{FORMAT}' metadata); "
-                              "load it with safetensors.torch.load_file into the architecture it came from")
-    return meta
 
 
 def build_from_metadata(meta: dict) -> nn.Module:
