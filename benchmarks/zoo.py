@@ -150,10 +150,19 @@ def add(results: Path, combo: str, seed: int, runs_dir: Path | None, zoo: Path, 
     entry["verified"] = {**got, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                          "torch": torch.__version__}
-    zoo.mkdir(parents=True, exist_ok=True)
     tmp = zoo / (entry["file"] + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(zoo / entry["file"])
+    try:
+        zoo.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmp)
+        if sha256(tmp) != digest:  # the run's file changed while it was checked
+            raise CheckpointError(f"{src} changed while it was being published; publish it again")
+        tmp.replace(zoo / entry["file"])
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {zoo / entry['file']}: {err.strerror or err}; choose a writable --zoo") from err
+    except CheckpointError:
+        tmp.unlink(missing_ok=True)
+        raise
     manifest = read_manifest(zoo)
     manifest["entries"] = [e for e in manifest["entries"] if e["name"] != name] + [entry]
     manifest["entries"].sort(key=lambda e: e["name"])

@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 import torch
@@ -29,3 +30,17 @@ def fmnist_small(fmnist):
     pre = fmnist.pretrain.subset(600, seed=0)
     return DatasetSplits(info=fmnist.info, pretrain=pre, bank=fmnist.bank.subset(600, seed=1),
                          test=fmnist.test.subset(300, seed=2))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MB tmpfs (needs root and mount rights: skipped where the machine refuses)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); the full-disk test needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from relssl.engine.checkpoint import load_checkpoint_file
-from utils import cli, digest
+from utils import cli, digest, fill
 
 STEPS_PER_EPOCH = 1600 // 64
 FAST = ["backbone.name=convnet_tiny", "backbone.bn_splits=1", "data.subset=1600", "optim.batch_size=64",
@@ -164,32 +164,6 @@ def test_second_process_on_a_run_directory_is_refused(finished_run, tmp_path):
 
 
 # ------------------------------------------------------------------ a real full disk
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 12 MB tmpfs (needs root and mount rights: skipped where the machine refuses)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); the full-disk test needs root")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_full_disk_during_pretraining_ends_in_one_line_and_keeps_the_checkpoint(small_disk):

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from relssl.errors import CheckpointError, ConfigError
 from relssl.evaluate.export import read_metadata
+from utils import digest, fill
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = json.loads((ROOT / "zoo" / "manifest.json").read_text())["entries"]
@@ -160,3 +161,13 @@ def test_the_command_line_says_one_line_and_exits_2(zoo, tmp_path, capsys):
     assert zoo.main(["verify", "--zoo", str(tmp_path / "z"), "--docs", str(page)]) == 0
     text = page.read_text()
     assert "No backbone is published yet." in text and "old" not in text and text.endswith(f"{zoo.END}\nrest\n")
+
+
+def test_a_full_disk_leaves_the_published_zoo_as_it_was(zoo, smoke, fmnist, small_disk):
+    published = small_disk / "zoo"
+    zoo.add(smoke, "simclr", 0, None, published, splits=fmnist)
+    before = digest(published)
+    fill(small_disk)
+    with pytest.raises(ConfigError, match="cannot write .*cpu-smoke-simclr-seed0.safetensors.*choose a writable --zoo"):
+        zoo.add(smoke, "simclr", 0, None, published, splits=fmnist)
+    assert digest(published) == before  # the published file and the manifest as they were, no temporary left

@@ -54,3 +54,16 @@ def cli(*args):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "relssl", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env, text=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write zeros into ``disk`` until it is full; the file that filled it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
