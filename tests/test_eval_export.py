@@ -5,6 +5,7 @@ import os
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -238,6 +239,14 @@ def test_an_exported_backbone_evaluates_like_its_run(resnet_run, exported, capsy
                      "--json", "--device", "cpu"]) == 0
         got.append(json.loads(capsys.readouterr().out)["results"])
     assert got[0] == got[1] and got[0]["weighted"]["top1"] > 0
+    # relssl embed: the same embeddings from the file as from the run directory
+    out = []
+    for i, where in enumerate((run_dir, path)):
+        dest = Path(run_dir).parent / f"emb{i}.npz"
+        assert main(["embed", str(where), "--split", "test", "data.test_subset=20", "-o", str(dest)]) == 0
+        out.append(np.load(dest))
+    assert out[0]["embeddings"].shape == (20, 512) and np.array_equal(out[0]["embeddings"], out[1]["embeddings"])
+    assert np.array_equal(out[0]["labels"], out[1]["labels"])
 
 
 def test_what_an_exported_backbone_cannot_answer_is_refused_in_one_line(resnet_run, exported, tmp_path, capsys):
