@@ -108,6 +108,9 @@ def test_cpu_smoke_end_to_end_records_skips_and_renders(compare, tmp_path, monke
         assert r["environment"]["torch"] and r["environment"]["date"]
         assert not (Path(r["run_dir"]) / "checkpoints").exists()  # removed once recorded
     assert data["settings"]["subset"] == 384 and data["invocations"][0]["machine"]["cpus"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual mode, not a temporary file's 0600
 
     table = out.with_suffix(".md").read_text()
     for combo, r in runs.items():
