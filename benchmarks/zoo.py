@@ -150,23 +150,27 @@ def add(results: Path, combo: str, seed: int, runs_dir: Path | None, zoo: Path, 
     entry["verified"] = {**got, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                          "torch": torch.__version__}
-    tmp = zoo / (entry["file"] + ".tmp")
-    try:
-        zoo.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, tmp)
-        if sha256(tmp) != digest:  # the run's file changed while it was checked
-            raise CheckpointError(f"{src} changed while it was being published; publish it again")
-        tmp.replace(zoo / entry["file"])
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {zoo / entry['file']}: {err.strerror or err}; choose a writable --zoo") from err
-    except CheckpointError:
-        tmp.unlink(missing_ok=True)
-        raise
     manifest = read_manifest(zoo)
     manifest["entries"] = [e for e in manifest["entries"] if e["name"] != name] + [entry]
     manifest["entries"].sort(key=lambda e: e["name"])
-    compare.write_atomic(zoo / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    # both files are written in full before either replaces anything (renames need no space)
+    tmps = (zoo / (entry["file"] + ".tmp"), zoo / (MANIFEST + ".tmp"))
+    target = zoo / entry["file"]
+    try:
+        zoo.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmps[0])
+        if sha256(tmps[0]) != digest:  # the run's file changed while it was checked
+            raise CheckpointError(f"{src} changed while it was being published; publish it again")
+        target = zoo / MANIFEST
+        tmps[1].write_text(json.dumps(manifest, indent=1) + "\n")
+        tmps[0].replace(zoo / entry["file"])
+        tmps[1].replace(zoo / MANIFEST)
+    except (OSError, CheckpointError) as err:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        if isinstance(err, CheckpointError):
+            raise
+        raise ConfigError(f"cannot write {target}: {err.strerror or err}; choose a writable --zoo") from err
     return entry
 
 

@@ -6,6 +6,7 @@ run made here (cpu-smoke preset, 384 images, 1 epoch)."""
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,15 +58,19 @@ def test_the_docs_block_is_the_manifest(zoo, tmp_path):
             f"{page.name}'s zoo block is stale: python benchmarks/zoo.py --docs docs/zoo.md README.md")
 
 
-@pytest.fixture(scope="module")
-def smoke(zoo, tmp_path_factory, fmnist):
-    """One tiny comparison run (SimCLR, seed 0) whose record and backbone file zoo.py can publish."""
-    tmp = tmp_path_factory.mktemp("smoke")
+def smoke_run(zoo, tmp: Path) -> Path:
+    """One tiny comparison run (SimCLR, seed 0) in ``tmp``; its results file."""
     out = tmp / "compare_cpu-smoke.json"
     zoo.compare.main(["--preset", "cpu-smoke", "--methods", "simclr", "--seeds", "0", "--subset", "384",
                       "--epochs", "1", "--linear-epochs", "2", "--accelerator", "cpu", "--out", str(out),
                       "--runs-dir", str(tmp / "runs")])
     return out
+
+
+@pytest.fixture(scope="module")
+def smoke(zoo, tmp_path_factory, fmnist):
+    """A run whose record and backbone file zoo.py can publish."""
+    return smoke_run(zoo, tmp_path_factory.mktemp("smoke"))
 
 
 def test_add_publishes_a_recorded_run_and_verify_catches_any_change(zoo, smoke, fmnist, tmp_path):
@@ -163,7 +168,7 @@ def test_the_command_line_says_one_line_and_exits_2(zoo, tmp_path, capsys):
     assert "No backbone is published yet." in text and "old" not in text and text.endswith(f"{zoo.END}\nrest\n")
 
 
-def test_a_full_disk_leaves_the_published_zoo_as_it_was(zoo, smoke, fmnist, small_disk):
+def test_a_full_disk_leaves_the_published_zoo_as_it_was(zoo, smoke, fmnist, small_disk, tmp_path):
     published = small_disk / "zoo"
     zoo.add(smoke, "simclr", 0, None, published, splits=fmnist)
     before = digest(published)
@@ -171,3 +176,13 @@ def test_a_full_disk_leaves_the_published_zoo_as_it_was(zoo, smoke, fmnist, smal
     with pytest.raises(ConfigError, match="cannot write .*cpu-smoke-simclr-seed0.safetensors.*choose a writable --zoo"):
         zoo.add(smoke, "simclr", 0, None, published, splits=fmnist)
     assert digest(published) == before  # the published file and the manifest as they were, no temporary left
+    # the same run made again elsewhere (another file: its metadata names another source), with room
+    # for its weights but not for the manifest: the weights written must not replace the published ones
+    again = smoke_run(zoo, tmp_path)
+    filler = small_disk / "filler"
+    weights = Path(json.loads(again.read_text())["runs"][0]["run_dir"]) / "backbone.safetensors"
+    room = -(-weights.stat().st_size // 4096) * 4096  # tmpfs gives whole pages
+    os.truncate(filler, filler.stat().st_size - room)
+    with pytest.raises(ConfigError, match="cannot write .*manifest.json: No space left"):  # the weights went in
+        zoo.add(again, "simclr", 0, None, published, splits=fmnist)
+    assert digest(published) == before
