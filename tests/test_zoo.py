@@ -1,8 +1,8 @@
-"""benchmarks/zoo.py and zoo/: every published backbone gives the kNN accuracy it was published with.
+"""benchmarks/zoo.py and zoo/: every published backbone gives the accuracies it was published with.
 
 The published entries are checked for real (their files, their hashes, the comparison records they
-come from, and their kNN recomputed on Fashion-MNIST); publishing is checked on a tiny comparison
-run made here (cpu-smoke preset, 384 images, 1 epoch)."""
+come from, and their kNN and linear-probe accuracies recomputed on Fashion-MNIST); publishing is
+checked on a tiny comparison run made here (cpu-smoke preset, 384 images, 1 epoch)."""
 
 import importlib.util
 import json
