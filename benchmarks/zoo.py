@@ -6,6 +6,10 @@ comes from (the results file, the combination, the seed, the config hash) and th
 linear-probe accuracy the comparison recorded for it, after recomputing both from the published
 file. The test suite recomputes them again for every entry (``tests/test_zoo.py``), so a
 published number is one that the published weights give, with the evaluation relssl ships.
+A file exported before the run's config travelled with its weights is published with the run
+directory's ``config.yaml`` added to its metadata (the tensors unchanged, which is checked), so that
+``relssl eval ... FILE`` can evaluate it alone; its hash is then not the record's, and the manifest
+keeps both.
 
     python benchmarks/zoo.py add --results benchmarks/results/compare_cpu-budget.json --combo wcl --seed 2
     python benchmarks/zoo.py verify          # recompute every entry's kNN and probe; exit 1 on a mismatch
@@ -83,6 +87,31 @@ def find_record(results: Path, combo: str, seed: int) -> tuple[dict, dict]:
     return data, runs[-1]
 
 
+def run_config(path: Path, weights: Path) -> dict:
+    """The config a run directory's ``config.yaml`` holds, as ``relssl export`` writes it into a file."""
+    from relssl.config import read_yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{weights} was exported without its config and {path} is gone; publish a run whose "
+                          "directory still holds config.yaml, or one recorded since")
+    return config_from_dict(read_yaml(path)).to_dict()
+
+
+def write_with_metadata(src: Path, out: Path, meta: dict) -> None:
+    """``src``'s tensors, unchanged, under the metadata ``meta`` (values JSON-encoded, as relssl export does)."""
+    from safetensors.torch import load_file, save
+
+    # serialised in memory, then written by Python: a full disk raises an OSError that names its cause
+    out.write_bytes(save(load_file(str(src)), metadata={k: json.dumps(v) for k, v in meta.items()}))
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
 def recompute(entry: dict, path: Path, splits=None, device: torch.device | None = None) -> dict:
     """kNN and linear-probe accuracy of the weights at ``path`` on the entry's evaluation split,
     computed as compare.py computes them (the same features, kNN and probe recipe and seed)."""
@@ -127,17 +156,23 @@ def add(results: Path, combo: str, seed: int, runs_dir: Path | None, zoo: Path, 
         raise CheckpointError(f"{src} has sha256 {digest[:12]}..., the record {rec['backbone_sha256'][:12]}...: "
                               "not the backbone the comparison evaluated")
     meta = read_metadata(src)
-    if "config" in meta:  # files exported since the run's config travels with its weights
-        trained = compare.config_hash(config_from_dict(meta["config"]))
-        if trained != rec["config_hash"]:
-            raise CheckpointError(f"{src} was trained with config {trained}, the record's run with {rec['config_hash']}: "
-                                  "not the backbone of this run")
+    added_config = "config" not in meta
+    if added_config:
+        # exported before the run's config travelled with its weights: the published file gets the
+        # run directory's config.yaml (same tensors), so that the command line can evaluate it alone
+        meta["config"] = run_config(src.parent / "config.yaml", src)
+    trained = compare.config_hash(config_from_dict(meta["config"]))
+    if trained != rec["config_hash"]:
+        where = src.parent / "config.yaml" if added_config else src
+        raise CheckpointError(f"{where} holds config {trained}, the record's run was trained with {rec['config_hash']}: "
+                              "not the backbone of this run")
     name = compare.run_name(data["preset"], combo, seed).removeprefix("compare-")
     entry = {
         "name": name, "file": f"{name}.safetensors", "sha256": digest, "bytes": src.stat().st_size,
         "backbone": meta["backbone"], "feat_dim": meta["feat_dim"], "in_channels": meta["in_channels"],
         "method": meta["method"], "plugins": rec["plugins"], "combo": combo, "seed": seed,
         "source": {"results": _relative(results), "preset": data["preset"], "config_hash": rec["config_hash"],
+                   "backbone_sha256": digest, "config_added": added_config,
                    "epochs": rec["epochs"], "steps": rec["steps"], "pretrain_images": rec["pretrain_images"]},
         "eval": {"dataset": meta["dataset"], "bank": rec["eval_train"], "test": rec["eval_test"], "split_seed": seed,
                  "size": rec.get("eval_size") or meta["input_size"], "k": compare.KNN_K, "t": compare.KNN_T,
@@ -158,9 +193,13 @@ def add(results: Path, combo: str, seed: int, runs_dir: Path | None, zoo: Path, 
     target = zoo / entry["file"]
     try:
         zoo.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, tmps[0])
-        if sha256(tmps[0]) != digest:  # the run's file changed while it was checked
+        if added_config:
+            write_with_metadata(src, tmps[0], meta)
+        else:
+            shutil.copyfile(src, tmps[0])
+        if sha256(src) != digest or not same_tensors(src, tmps[0]):  # the run's file changed while it was checked
             raise CheckpointError(f"{src} changed while it was being published; publish it again")
+        entry["sha256"], entry["bytes"] = sha256(tmps[0]), tmps[0].stat().st_size
         target = zoo / MANIFEST
         tmps[1].write_text(json.dumps(manifest, indent=1) + "\n")
         tmps[0].replace(zoo / entry["file"])

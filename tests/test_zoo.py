@@ -7,12 +7,15 @@ checked on a tiny comparison run made here (cpu-smoke preset, 384 images, 1 epoc
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file, save_file
 
+from relssl.config import config_from_dict
 from relssl.errors import CheckpointError, ConfigError
 from relssl.evaluate.export import read_metadata
 from utils import digest, fill
@@ -42,7 +45,11 @@ def test_a_published_backbone_gives_its_recorded_accuracies(e, zoo, fmnist):
     assert (meta["backbone"], meta["feat_dim"], meta["method"]) == (e["backbone"], e["feat_dim"], e["method"])
     # the entry is the comparison's record of that run: the same weights, config and numbers
     _, rec = zoo.find_record(ROOT / e["source"]["results"], e["combo"], e["seed"])
-    assert rec["backbone_sha256"] == e["sha256"] and rec["config_hash"] == e["source"]["config_hash"]
+    assert rec["backbone_sha256"] == e["source"]["backbone_sha256"] and rec["config_hash"] == e["source"]["config_hash"]
+    # the file is the run's, byte for byte, unless its config was added at publication
+    assert (rec["backbone_sha256"] == e["sha256"]) != e["source"]["config_added"]
+    # the file carries the run's config, so that the command line evaluates it alone
+    assert zoo.compare.config_hash(config_from_dict(meta["config"])) == rec["config_hash"]
     assert (rec["knn_last_top1"], rec["linear_last_top1"]) == (e["recorded"]["knn_top1"], e["recorded"]["linear_top1"])
     got = zoo.recompute(e, path, fmnist)
     for key, tol in zoo.TOLERANCE.items():
@@ -132,7 +139,7 @@ def test_add_refuses_what_it_cannot_vouch_for(zoo, smoke, fmnist, tmp_path):
     forged = json.loads(smoke.read_text())
     forged["runs"][0]["backbone_sha256"] = zoo.sha256(other)
     (tmp_path / "forged.json").write_text(json.dumps(forged))
-    with pytest.raises(CheckpointError, match="was trained with config .*not the backbone of this run"):
+    with pytest.raises(CheckpointError, match="backbone.safetensors holds config .*not the backbone of this run"):
         zoo.add(tmp_path / "forged.json", "simclr", 0, tmp_path / "runs2", tmp_path / "zoo", splits=fmnist)
     # a record whose number the weights do not give: recomputed at publication, refused
     off = json.loads(smoke.read_text())
@@ -152,6 +159,40 @@ def test_add_refuses_what_it_cannot_vouch_for(zoo, smoke, fmnist, tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="recorded before compare.py kept the evaluated backbone"):
         zoo.add(tmp_path / "old.json", "simclr", 0, None, tmp_path / "zoo", splits=fmnist)
+
+
+def test_a_file_exported_without_its_config_is_published_with_the_run_directorys(zoo, smoke, fmnist, tmp_path):
+    run_dir = Path(json.loads(smoke.read_text())["runs"][0]["run_dir"])
+    meta = read_metadata(run_dir / "backbone.safetensors")
+    config = meta.pop("config")
+    old = tmp_path / "runs" / run_dir.name  # the run as exported before the config travelled in the file
+    old.mkdir(parents=True)
+    save_file(load_file(str(run_dir / "backbone.safetensors")), str(old / "backbone.safetensors"),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    data = json.loads(smoke.read_text())
+    data["runs"][0]["backbone_sha256"] = zoo.sha256(old / "backbone.safetensors")
+    results = tmp_path / "old.json"
+    results.write_text(json.dumps(data))
+    # without the run directory's config.yaml: refused in one line, nothing written
+    with pytest.raises(ConfigError, match="exported without its config and .*config.yaml is gone"):
+        zoo.add(results, "simclr", 0, tmp_path / "runs", tmp_path / "zoo", splits=fmnist)
+    # another run's config.yaml: refused
+    other = json.loads(json.dumps(config))
+    other["optim"]["lr"] *= 2
+    (old / "config.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(CheckpointError, match="config.yaml holds config .*not the backbone of this run"):
+        zoo.add(results, "simclr", 0, tmp_path / "runs", tmp_path / "zoo", splits=fmnist)
+    assert not (tmp_path / "zoo").exists()
+    # the run's own: published with it, the tensors unchanged, both hashes in the manifest
+    shutil.copyfile(run_dir / "config.yaml", old / "config.yaml")
+    e = zoo.add(results, "simclr", 0, tmp_path / "runs", tmp_path / "zoo", splits=fmnist)
+    published = tmp_path / "zoo" / e["file"]
+    assert e["source"]["config_added"] and e["source"]["backbone_sha256"] == data["runs"][0]["backbone_sha256"]
+    assert e["sha256"] == zoo.sha256(published) != e["source"]["backbone_sha256"]
+    assert read_metadata(published)["config"] == config
+    assert zoo.same_tensors(published, old / "backbone.safetensors")
+    assert e["verified"]["knn_top1"] == data["runs"][0]["knn_last_top1"]
+    assert zoo.verify(tmp_path / "zoo", fmnist) == []
 
 
 def test_the_command_line_says_one_line_and_exits_2(zoo, tmp_path, capsys):
