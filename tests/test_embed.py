@@ -243,7 +243,7 @@ def test_bad_input_is_one_line(run_dir, tmp_path, capsys):
         (["embed", run_dir, "-o", str(tmp_path)], "is a directory"),
         (["embed", run_dir, "data.dataset=unlabeled_folder", f"data.root={tmp_path / 'empty'}", "-o", out],
          "no image files under"),
-        (["embed", run_dir, "optim.lr=1", "-o", out], "only data.* keys can be changed"),
+        (["embed", run_dir, "optim.lr=1", "-o", out], "only data.* keys (and backbone.channels_last) can be changed"),
         (["embed", run_dir, "--batch-size", "0", "-o", out], "--batch-size must be >= 1"),
         (["embed", run_dir], "the following arguments are required: -o/--output"),
     ]:

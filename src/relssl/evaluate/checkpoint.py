@@ -84,9 +84,10 @@ def read_checkpoint(path: str | Path, overrides: list[str] | None = None) -> tup
     raw = (ckpt.get("hyper_parameters") or {}).get("config")
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {ckpt_path} carries no relssl config: not made by relssl pretrain")
-    for text in overrides or []:
-        if not text.startswith("data."):
-            raise ConfigError(f"override {text!r}: only data.* keys can be changed when evaluating a checkpoint")
+    for text in overrides or []:  # what is evaluated, and the memory layout (a layout, not another network)
+        if not (text.startswith("data.") or text.startswith("backbone.channels_last=")):
+            raise ConfigError(f"override {text!r}: only data.* keys (and backbone.channels_last) can be changed "
+                              "when evaluating a checkpoint")
     raw = apply_overrides(dict(raw), list(overrides or []))
     return ckpt_path, ckpt, config_from_dict(raw)
 
@@ -208,6 +209,16 @@ class EvalSetup:
         return eval_image_size(self.cfg, self.splits.info)
 
     @property
+    def channels_last(self) -> bool:
+        """Evaluate in the memory layout the run trained in (``backbone.channels_last``, by default
+        NHWC weights and images on every device: on a CPU 1.5-1.8x faster features than NCHW)."""
+        return bool(self.cfg.backbone.channels_last)
+
+    def in_layout(self, net: nn.Module) -> nn.Module:
+        """``net`` (in place) in the evaluation's memory layout."""
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+
+    @property
     def mean(self):
         return self.splits.info.mean
 
@@ -233,15 +244,16 @@ class EvalSetup:
 
     def features(self, images: torch.Tensor, normalize: bool = True, backbone: nn.Module | None = None) -> torch.Tensor:
         """Backbone features (eval mode, float32, on ``device``) of uint8 images at the eval size."""
-        return extract_features(backbone or self.backbone, images, size=self.eval_size, mean=self.mean, std=self.std,
-                                device=self.device, channels_last=self.device.type == "cuda", normalize=normalize)
+        return extract_features(self.in_layout(backbone or self.backbone), images, size=self.eval_size, mean=self.mean,
+                                std=self.std, device=self.device, channels_last=self.channels_last, normalize=normalize)
 
     def header(self, protocol: str) -> dict:
         """The fields every result JSON starts with."""
         return {"protocol": protocol, "checkpoint": str(self.ckpt_path), "run_dir": str(self.run_dir or ""),
                 "method": self.cfg.method["name"], "dataset": self.cfg.data.dataset,
                 "backbone": self.cfg.backbone.name, "random_init": self.random_init,
-                "eval_size": self.eval_size, "device": str(self.device), "torch": torch.__version__}
+                "eval_size": self.eval_size, "channels_last": self.channels_last, "device": str(self.device),
+                "torch": torch.__version__}
 
 
 def _labelled(ds: ImageDataset, name: str) -> ImageDataset:
@@ -261,6 +273,8 @@ def prepare(path: str | Path, overrides: list[str] | None = None, splits: Datase
     cfg, method, splits, ckpt_path = load_method(path, overrides, splits=splits, random_init=random_init,
                                                  backbone=backbone)
     method.to(dev).eval()
+    if cfg.backbone.channels_last:  # the layout it trained in (EvalSetup.channels_last)
+        method.to(memory_format=torch.channels_last)
     return EvalSetup(cfg=cfg, method=method, splits=splits, ckpt_path=ckpt_path, run_dir=run_dir_of(ckpt_path),
                      device=dev, random_init=random_init, template=backbone)
 

@@ -165,7 +165,7 @@ def _features(setup, net: nn.Module, ds, normalize: bool, batch_size: int,
             images = ds.images[start:stop]
         out.append(extract_features(net, images, size=setup.eval_size, mean=setup.mean, std=setup.std,
                                     batch_size=batch_size, device=setup.device,
-                                    channels_last=setup.device.type == "cuda", normalize=normalize).cpu())
+                                    channels_last=setup.channels_last, normalize=normalize).cpu())
         if log is not None:
             log(f"embed: {what} {stop}/{n} images")
     return torch.cat(out)

@@ -304,7 +304,7 @@ def linear_probe(setup, cfg: LinearProbeConfig | None = None, log: Callable[[str
                 for i in range(0, len(images), cfg.batch_size):
                     idx = order[i:i + cfg.batch_size]
                     x = augment_batch(images[idx], view, setup.mean, setup.std, gen)
-                    if dev.type == "cuda":
+                    if setup.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.no_grad(), autocast:
                         f = backbone(x).float().flatten(1)

@@ -164,9 +164,9 @@ def fine_tune(setup, cfg: SemiSupConfig | None = None, log: Callable[[str], None
                          "size": len(idx), "of": len(train), "indices": idx.tolist()}
         res.update(train_size=len(idx), test_size=len(test), num_classes=setup.num_classes)
 
-        backbone = convert_to_split_bn(copy.deepcopy(setup.backbone), 1).to(dev)
+        backbone = setup.in_layout(convert_to_split_bn(copy.deepcopy(setup.backbone), 1).to(dev))
         feat_dim = int(extract_features(backbone, test.images[:2], setup.eval_size, setup.mean, setup.std,
-                                        device=dev).shape[1])
+                                        device=dev, channels_last=setup.channels_last).shape[1])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             head = linear_head(feat_dim, setup.num_classes, cfg.init_std).to(dev)
@@ -196,7 +196,7 @@ def fine_tune(setup, cfg: SemiSupConfig | None = None, log: Callable[[str], None
                 for group in opt.param_groups:
                     group["lr"] = group["base_lr"] * scale
                 x = augment_batch(images[b], view, setup.mean, setup.std, gen)
-                if dev.type == "cuda":
+                if setup.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with amp:
                     logits = model(x).float()
@@ -214,7 +214,7 @@ def fine_tune(setup, cfg: SemiSupConfig | None = None, log: Callable[[str], None
             last = epoch == epochs - 1
             if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 feats = extract_features(backbone, test.images, setup.eval_size, setup.mean, setup.std, device=dev,
-                                         channels_last=dev.type == "cuda", normalize=False)
+                                         channels_last=setup.channels_last, normalize=False)
                 head.eval()
                 with torch.no_grad():
                     logits = head(feats)
