@@ -472,8 +472,12 @@ def _r(x, digits: int = 4):
 
 
 def eval_features(backbone, images, size, info, device) -> torch.Tensor:
+    # NCHW weights and images on the CPU whatever layout the run trained in (relssl's own evaluation
+    # follows the run's): every seed of a comparison evaluated alike, as its first seeds were
+    channels_last = device.type == "cuda"
+    backbone.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return extract_features(backbone, images, size=size, mean=info.mean, std=info.std, device=device,
-                            channels_last=device.type == "cuda", normalize=False)
+                            channels_last=channels_last, normalize=False)
 
 
 def knn_eval(train_x, train_y, test_x, test_y, num_classes: int, device) -> dict:

@@ -375,3 +375,22 @@ def test_cpu_sharing_times_runs_at_once_with_the_cores_shared_out(tmp_path, monk
     assert row["steps_per_s_total"] == pytest.approx(sum(1 / s for s in row["seconds_per_step"]), rel=1e-3)
     with pytest.raises(SystemExit, match="must be >= 1"):
         sharing.main(["--shares", "0"])
+
+
+def test_the_comparison_evaluates_in_nchw_on_the_cpu_whatever_the_run_trained_in(compare, fmnist):
+    """relssl's own evaluation follows the run's layout; the comparison keeps every seed's evaluation
+    alike (its first seeds were evaluated in NCHW on the CPU), even for a backbone left in channels_last."""
+    import torch
+
+    from relssl.nn import build_backbone
+
+    net = build_backbone("convnet_grid", in_channels=1)[0].to(memory_format=torch.channels_last)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+    seen = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.add(
+        args[0].is_contiguous(memory_format=torch.channels_last))) for m in convs]
+    compare.eval_features(net, fmnist.test.images[:8], 28, fmnist.info, torch.device("cpu"))
+    for h in hooks:
+        h.remove()
+    assert seen == {False}
+    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)

@@ -130,6 +130,8 @@ def test_evaluation_on_the_cpu_uses_the_layout_the_run_trained_in(setting, want,
     setup = prepare(run_dir, splits=fmnist_tiny, device="cpu")
     seen = set()
     convs = [m for m in setup.method.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+    # loaded in that layout (every protocol starts from it: the probe's augmented batches, embed's heads)
+    assert {m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs} == {want}
     hooks = [m.register_forward_pre_hook(  # a 1-channel image is NCHW and NHWC at once: look where there are channels
         lambda mod, args: seen.add(args[0].is_contiguous(memory_format=torch.channels_last))) for m in convs]
     images = fmnist_tiny.test.images[:16]
