@@ -169,18 +169,44 @@ def probe_config(epochs: int, seed: int) -> LinearProbeConfig:
 # ----------------------------------------------------------------------------- combinations
 
 
+# Controls that separate a plug-in from the form of its host that its recipe brings along. ASCL's
+# official code runs MoCo v2 with a weak key view at temperature t1 = 0.1, and BYOL in one direction
+# (weak target view, no BN in the projector); the plain mocov2 / byol rows run their own recipes. Each
+# control is the host in ASCL's form with ASCL's soft targets off (``relation: moco`` is plain InfoNCE
+# at t1; BYOL without the plug-in regresses the one target), so "ASCL beats its host" can be told
+# apart from "ASCL's form of the host beats the host". name: (method, plug-ins, recipe of, overrides)
+CONTROLS = {
+    "mocov2-ascl-form": ("mocov2", ("ascl",), "mocov2+ascl", ("plugins.ascl.relation=moco",)),
+    "byol-ascl-form": ("byol", (), "byol+ascl", ("plugins={}",)),
+}
+
+
 def combinations() -> list[tuple[str, str, tuple[str, ...]]]:
     """(name, method, plug-ins): every method, then every plug-in on each of its hosts, in so far
-    as a packaged Fashion-MNIST recipe exists for it (``configs/fashion_mnist/<method>[_<plugin>].yaml``):
-    the recipes define the matrix, so a control that is not a method (a label oracle) stays out."""
+    as a packaged Fashion-MNIST recipe exists for it (``configs/fashion_mnist/<method>[_<plugin>].yaml``:
+    the recipes define the matrix, so a plug-in with no recipe of its own stays out), then the
+    ``CONTROLS`` of the combinations present."""
     out = [(m, m, ()) for m in METHODS]
     for pname, cls in PLUGINS.items():
         out += [(f"{host}+{pname}", host, (pname,)) for host in hosts_of(cls)]
-    return [c for c in out if (CONFIG_DIR / (recipe_name(c[0]) + ".yaml")).is_file()]
+    out = [c for c in out if (CONFIG_DIR / (recipe_name(c[0]) + ".yaml")).is_file()]
+    names = {c[0] for c in out}
+    return out + [(name, method, plugins) for name, (method, plugins, base, _) in CONTROLS.items() if base in names]
 
 
 def recipe_name(combo: str) -> str:
-    return "fashion_mnist/" + combo.replace("+", "_")
+    """The packaged recipe a combination starts from (a control: its plug-in combination's)."""
+    return "fashion_mnist/" + (CONTROLS[combo][2] if combo in CONTROLS else combo).replace("+", "_")
+
+
+def recipe_label(combo: str) -> str:
+    """The recipe as the records say it: a control's overrides after its recipe."""
+    return " ".join((recipe_name(combo),) + (CONTROLS[combo][3] if combo in CONTROLS else ()))
+
+
+def is_control(combo: str) -> bool:
+    """A control row that isolates a plug-in from its host's form (``CONTROLS``)."""
+    return combo in CONTROLS
 
 
 def run_name(preset: str, combo: str, seed: int) -> str:
@@ -231,12 +257,13 @@ def build_config(combo: str, method: str, plugins: tuple[str, ...], p: Preset, s
                  accelerator: str, prefix: str = "compare"):
     """``prefix``: of the run name (the step timing's short runs use their own)."""
     raw = read_yaml(resolve_recipe(recipe_name(combo)))
-    raw = apply_overrides(raw, shared_overrides(p, seed, accelerator) + method_overrides(method, p))
+    control = list(CONTROLS[combo][3]) if combo in CONTROLS else []
+    raw = apply_overrides(raw, control + shared_overrides(p, seed, accelerator) + method_overrides(method, p))
     raw["name"] = run_name(p.name, combo, seed).replace("compare-", prefix + "-", 1)
     raw["output_dir"] = str(runs_dir)
     cfg = config_from_dict(raw)
     if cfg.method["name"] != method or tuple(cfg.plugins) != plugins:
-        raise ConfigError(f"recipe {recipe_name(combo)} is {cfg.method['name']} with plug-ins {list(cfg.plugins)}, "
+        raise ConfigError(f"recipe {recipe_label(combo)} is {cfg.method['name']} with plug-ins {list(cfg.plugins)}, "
                           f"not {combo}")
     return cfg
 
@@ -564,7 +591,7 @@ def run_one(combo: str, method: str, plugins: tuple[str, ...], seed: int, p: Pre
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     hist = [{"epoch": h["epoch"], "top1": _r(h["top1"]), "top5": _r(h["top5"])} for h in results["knn_history"]]
     return {
-        "combo": combo, "method": method, "plugins": list(plugins), "seed": seed, "recipe": recipe_name(combo),
+        "combo": combo, "method": method, "plugins": list(plugins), "seed": seed, "recipe": recipe_label(combo),
         "config_hash": chash, "lr": cfg.optim.lr, "effective_lr": cfg.optim.lr * cfg.optim.batch_size / 256,
         "views": list(cfg.views) if cfg.views else None,
         "epochs": results["epochs_done"], "steps": results["steps"], "pretrain_images": len(
@@ -741,6 +768,7 @@ def render_table(data: dict, out_json: Path) -> str:
     for r in rows:
         name = (r["combo"] + (" (no pretraining)" if r["baseline"] else "")
                 + (" (label oracle: trains on labels)" if is_oracle(r["combo"]) else "")
+                + (" (control: ASCL's form of the host, ASCL off)" if is_control(r["combo"]) else "")
                 + (" †" if r["mixed_configs"] else "") + (" §" if r["shared"] else ""))
         img = "-" if r["img_s"][0] is None else f"{r['img_s'][0]:,.0f}"
         mem = "-" if r["peak_mem_gib"][0] is None else f"{r['peak_mem_gib'][0]:.2f}"
@@ -773,6 +801,11 @@ def render_table(data: dict, out_json: Path) -> str:
         lines.append("- **+mask_false_negatives** is the label-oracle control (docs/evaluation.md): the host's loss with "
                      "same-class negatives removed using the true labels. Not self-supervised: the upper bound a "
                      "false-negative method should approach at this budget.")
+    if any(is_control(r["combo"]) for r in rows):
+        lines.append("- **mocov2-ascl-form** / **byol-ascl-form** (controls): the host in the form ASCL's official "
+                     "code runs it (MoCo v2: weak key view, temperature 0.1; BYOL: one direction, weak target view, "
+                     "no projector BN) with ASCL's soft targets off, so that ASCL's own effect is its row minus "
+                     "the control's (docs/comparison.md, \"Which combinations\").")
     if any(r["baseline"] for r in rows):
         lines.append("- **random_init** / **pixels** (no pretraining): the same backbone randomly initialised with the "
                      "seed, and raw pixels centred with the train split's mean, evaluated the same way: the floor a "
@@ -820,7 +853,9 @@ def render_table(data: dict, out_json: Path) -> str:
 # the papers' claims at this budget: (row that should be better, the row it should beat)
 CLAIMS = (("msvq", "mocov2"), ("msvq", "ressl"), ("pnnclr", "nnclr"), ("wcl", "simclr"),
           ("mocov2+ascl", "mocov2"), ("byol+ascl", "byol"),
-          ("simclr+bsim", "simclr"), ("mocov2+bsim", "mocov2"), ("byol+bsim", "byol"))
+          ("simclr+bsim", "simclr"), ("mocov2+bsim", "mocov2"), ("byol+bsim", "byol"),
+          # ASCL's soft targets alone: against its host in the form ASCL's code runs it (CONTROLS)
+          ("mocov2+ascl", "mocov2-ascl-form"), ("byol+ascl", "byol-ascl-form"))
 METRICS = (("knn_last_top1", "kNN"), ("linear_last_top1", "linear"))
 
 
@@ -931,7 +966,7 @@ def render_docs_block(data: dict, out_json: Path) -> str:
              "| combination | seeds | kNN top-1 % | linear top-1 % | training min alone |", "|---|---|---|---|---|"]
     for r in rows:
         name = r["combo"] + (" (no pretraining)" if r["baseline"] else "") + (
-            " (label oracle)" if is_oracle(r["combo"]) else "")
+            " (label oracle)" if is_oracle(r["combo"]) else "") + (" (control)" if is_control(r["combo"]) else "")
         minutes = "-" if r["train_min_alone"] is None else f"{r['train_min_alone']:.1f}"
         lines.append(f"| {name} | {r['n']} | {_fmt(*r['knn_last_top1'])} | {_fmt(*r['linear_last_top1'])} "
                      f"| {minutes} |")
@@ -1104,9 +1139,9 @@ def best_combo(path: Path) -> str | None:
     data = read_results(path)
     if not data:
         return None
-    # the best self-supervised combination: neither a no-pretraining baseline nor a label-oracle control
+    # the best self-supervised combination: neither a no-pretraining baseline nor a control (label oracle, host form)
     rows = [r for r in aggregate(data) if not r["baseline"] and r["linear_last_top1"][0] is not None
-            and not is_oracle(r["combo"])]
+            and not is_oracle(r["combo"]) and not is_control(r["combo"])]
     if not rows:
         return None
     return max(rows, key=lambda r: (r["linear_last_top1"][0], r["knn_last_top1"][0] or 0.0))["combo"]
@@ -1274,7 +1309,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {combo} seed {seed}: evaluation only (no pretraining)")
                 continue
             cfg = build_config(combo, method, plugins, preset, seed, runs_dir, accelerator)
-            print(f"  {combo} seed {seed}: {recipe_name(combo)}, lr {cfg.optim.lr} x {cfg.optim.batch_size}/256, "
+            print(f"  {combo} seed {seed}: {recipe_label(combo)}, lr {cfg.optim.lr} x {cfg.optim.batch_size}/256, "
                   f"views {cfg.views}, config {config_hash(cfg)}")
         return {"ran": [], "skipped": skipped, "failed": [], "todo": [(c[0], s) for c, s in todo]}
 

@@ -43,7 +43,31 @@ def test_combinations_cover_every_method_and_plugin_host(compare):
     assert {"mocov2+ascl", "byol+ascl", "simclr+bsim", "mocov2+bsim", "byol+bsim"} <= set(names)
     for name, method, plugins in compare.combinations():
         assert (compare.CONFIG_DIR / (compare.recipe_name(name) + ".yaml")).is_file()
-        assert name == "+".join((method,) + plugins)
+        assert name == "+".join((method,) + plugins) or compare.is_control(name)
+    assert names[-2:] == list(compare.CONTROLS)  # the controls after the combinations they control
+
+
+def test_the_ascl_controls_are_their_plugin_rows_with_only_the_soft_targets_off(compare, tmp_path):
+    """mocov2-ascl-form / byol-ascl-form: everything of mocov2+ascl / byol+ascl (views, loss form,
+    heads, temperature) but ASCL's soft targets, and the claims table sets ASCL against them."""
+    p = compare.PRESETS["cpu-budget"]
+    combos = {c[0]: c for c in compare.combinations()}
+    cfg = {c: compare.build_config(*combos[c], p, 0, tmp_path, "cpu").to_dict()
+           for c in ("mocov2+ascl", "mocov2-ascl-form", "byol+ascl", "byol-ascl-form", "mocov2", "byol")}
+    for plugin_row, control in (("mocov2+ascl", "mocov2-ascl-form"), ("byol+ascl", "byol-ascl-form")):
+        a, b = dict(cfg[plugin_row]), dict(cfg[control])
+        assert a.pop("name") != b.pop("name")
+        assert a.pop("plugins") != b.pop("plugins")
+        assert a == b  # the same run but for the plug-in
+        assert (plugin_row, control) in compare.CLAIMS
+    assert cfg["mocov2+ascl"]["plugins"]["ascl"]["relation"] == "ascl"
+    assert cfg["mocov2-ascl-form"]["plugins"]["ascl"] == {**cfg["mocov2+ascl"]["plugins"]["ascl"], "relation": "moco"}
+    assert cfg["byol-ascl-form"]["plugins"] == {} and cfg["byol+ascl"]["plugins"].keys() == {"ascl"}
+    # and the controls are not the plain hosts: ASCL's code runs them in another form
+    assert cfg["mocov2-ascl-form"]["views"] != cfg["mocov2"]["views"]
+    assert cfg["byol-ascl-form"]["method"]["symmetric"] is False and cfg["byol"]["method"].get("symmetric", True)
+    assert compare.recipe_label("mocov2-ascl-form") == "fashion_mnist/mocov2_ascl plugins.ascl.relation=moco"
+    assert not compare.is_control("mocov2+ascl") and not compare.is_oracle("byol-ascl-form")
 
 
 def test_shared_budget_overrides_recipe_but_keeps_method_lr(compare, tmp_path):
