@@ -195,9 +195,11 @@ def add(results: Path, combo: str, seed: int, runs_dir: Path | None, zoo: Path, 
         zoo.mkdir(parents=True, exist_ok=True)
         if added_config:
             write_with_metadata(src, tmps[0], meta)
+            intact = sha256(src) == digest and same_tensors(src, tmps[0])
         else:
             shutil.copyfile(src, tmps[0])
-        if sha256(src) != digest or not same_tensors(src, tmps[0]):  # the run's file changed while it was checked
+            intact = sha256(tmps[0]) == digest
+        if not intact:  # the run's file changed while it was checked
             raise CheckpointError(f"{src} changed while it was being published; publish it again")
         entry["sha256"], entry["bytes"] = sha256(tmps[0]), tmps[0].stat().st_size
         target = zoo / MANIFEST
