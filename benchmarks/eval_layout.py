@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from steptime import cpu_usage  # noqa: E402
+from steptime import cpu_usage, others_share  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         rates["channels_last"].append(r)
     wall = time.perf_counter() - t0
     after = cpu_usage()
-    others = None
-    if before and after:  # the CPUs' busy seconds not spent by this process, as a share of all CPU seconds
-        busy, mine = after[0] - before[0], after[1] - before[1]
-        others = round(max(0.0, busy - mine) / (wall * (os.cpu_count() or 1)), 3)
+    others = others_share(before, after, wall)
+    others = None if others is None else round(others, 3)
     med = {k: statistics.median(v) for k, v in rates.items()}
     out = {
         "benchmark": "eval_layout", "weights": str(args.weights.relative_to(ROOT) if args.weights.is_relative_to(ROOT)

@@ -61,11 +61,16 @@ def seconds_per_step(cfg, splits=None, warmup: int = 5, steps: int = 30) -> tupl
     if warmup + steps not in marks or warmup not in marks:
         raise RuntimeError(f"the timing run stopped at step {max(marks, default=0)}, not {warmup + steps}")
     elapsed = marks[warmup + steps] - marks[warmup]
-    others = None
-    if usage.get(warmup) and usage.get(warmup + steps):
-        (busy0, own0), (busy1, own1) = usage[warmup], usage[warmup + steps]
-        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (elapsed * (os.cpu_count() or 1))
-    return elapsed / steps, others
+    return elapsed / steps, others_share(usage.get(warmup), usage.get(warmup + steps), elapsed)
+
+
+def others_share(before, after, elapsed: float) -> float | None:
+    """The share of all CPUs that other processes kept busy between two :func:`cpu_usage` readings
+    ``elapsed`` seconds apart (None when either reading is missing)."""
+    if not before or not after:
+        return None
+    (busy0, own0), (busy1, own1) = before, after
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (elapsed * (os.cpu_count() or 1))
 
 
 def matmul_gflops(device: torch.device | str = "cpu", reps: int = 10) -> float:
