@@ -889,6 +889,12 @@ def seeds_won(a: dict | None, b: dict | None) -> str:
     return f"{wins[0]}/{len(common)}, {wins[1]}/{len(common)}"
 
 
+def row_name(r: dict) -> str:
+    """A row's name in the generated docs tables, with what kind of row it is."""
+    return r["combo"] + (" (no pretraining)" if r["baseline"] else "") + (
+        " (label oracle)" if is_oracle(r["combo"]) else "") + (" (control)" if is_control(r["combo"]) else "")
+
+
 def _signed(x) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
@@ -926,7 +932,7 @@ def render_claims(data: dict, rows: list[dict]) -> list[str]:
                 "| method | seeds | kNN below the oracle | linear below the oracle |", "|---|---|---|---|"]
         for r in methods:
             gaps = [_signed(best[k][k][0] - r[k][0]) if r[k][0] is not None else "-" for k, _ in METRICS]
-            out.append(f"| {r['combo']} | {r['n']} | " + " | ".join(gaps) + " |")
+            out.append(f"| {row_name(r)} | {r['n']} | " + " | ".join(gaps) + " |")
     timed = [r for r in methods if r["train_min_alone"] and r["knn_last_top1"][0] is not None]
     if pixels and pixels["knn_last_top1"][0] is not None and timed:
         px = pixels["knn_last_top1"][0]
@@ -940,7 +946,7 @@ def render_claims(data: dict, rows: list[dict]) -> list[str]:
                 "| method | training min alone | kNN above pixels | points per training minute |", "|---|---|---|---|"]
         for r in sorted(timed, key=lambda r: r["train_min_alone"]):
             gain = r["knn_last_top1"][0] - px
-            out.append(f"| {r['combo']}{' *' if front(r) else ''} | {r['train_min_alone']:.1f} | {gain:+.2f} | "
+            out.append(f"| {row_name(r)}{' *' if front(r) else ''} | {r['train_min_alone']:.1f} | {gain:+.2f} | "
                        f"{gain / r['train_min_alone']:+.3f} |")
     return out
 
@@ -965,8 +971,7 @@ def render_docs_block(data: dict, out_json: Path) -> str:
              "the step time measured alone (`--time-steps`).", "",
              "| combination | seeds | kNN top-1 % | linear top-1 % | training min alone |", "|---|---|---|---|---|"]
     for r in rows:
-        name = r["combo"] + (" (no pretraining)" if r["baseline"] else "") + (
-            " (label oracle)" if is_oracle(r["combo"]) else "") + (" (control)" if is_control(r["combo"]) else "")
+        name = row_name(r)
         minutes = "-" if r["train_min_alone"] is None else f"{r['train_min_alone']:.1f}"
         lines.append(f"| {name} | {r['n']} | {_fmt(*r['knn_last_top1'])} | {_fmt(*r['linear_last_top1'])} "
                      f"| {minutes} |")

@@ -220,10 +220,14 @@ def test_claims_need_every_seed_and_a_difference_beyond_the_spread(compare, tmp_
             + _row("simclr", [80.0, 82.0])  # two seeds only
             + _row("wcl", [90.0, 90.0])
             + _row("simclr+mask_false_negatives", [88.0, 88.0, 88.0])
+            + _row("mocov2-ascl-form", [81.0, 81.0, 81.0])
             + [{"combo": "pixels", "seed": 0, "knn_last_top1": 80.0, "linear_last_top1": 82.0}])
     data = {"preset": "cpu-budget", "settings": {}, "runs": runs,
             "steptime": {"msvq": {"seconds_per_step": 0.6, "img_s": 426.7, "timed_steps": 30, "warmup_steps": 5,
                                   "others_cpu_share": 0.01, "date": "2026-12-04T14:00:00"},
+                         "mocov2-ascl-form": {"seconds_per_step": 0.3, "img_s": 853.3, "timed_steps": 30,
+                                              "warmup_steps": 5, "others_cpu_share": 0.01,
+                                              "date": "2026-12-04T14:10:00"},
                          "mocov2": {"seconds_per_step": 0.3, "img_s": 853.3, "timed_steps": 30, "warmup_steps": 5,
                                     "others_cpu_share": 0.032, "date": "2026-12-04T14:05:00"}}}
     text = compare.render_table(data, tmp_path / "compare_cpu-budget.json")
@@ -237,9 +241,12 @@ def test_claims_need_every_seed_and_a_difference_beyond_the_spread(compare, tmp_
     # the oracle's distance, and the cost per point with the step timed alone (100 steps x 0.6 s = 1.0 min)
     assert "| msvq | 3 | +3.50 | +3.50 |" in text
     assert "| mocov2 * | 0.5 | +1.00 | +2.000 |" in text and "| msvq * | 1.0 | +4.50 | +4.500 |" in text
+    # a control row is a recipe, not a method: the oracle and cost tables say so
+    assert "| mocov2-ascl-form (control) | 3 | +7.00 | +7.00 |" in text
+    assert "| mocov2-ascl-form (control) * | 0.5 | +1.00 | +2.000 |" in text  # as good as mocov2, as fast
     table_line = next(ln for ln in text.splitlines() if ln.startswith("| msvq | 3 |") and "±" in ln)
     assert "| 427 | 1.0 |" in table_line
-    assert ("Step times alone: 2 combinations, 30 steps timed after 5 warm-up steps, dated 2026-12-04 to 2026-12-04; "
+    assert ("Step times alone: 3 combinations, 30 steps timed after 5 warm-up steps, dated 2026-12-04 to 2026-12-04; "
             "other processes used at most 3.2% of the CPUs meanwhile") in text
     # exactly at the spread is not beyond it
     a = {"n": 3, "knn_last_top1": (82.0, 0.5)}
