@@ -241,6 +241,10 @@ def test_claims_need_every_seed_and_a_difference_beyond_the_spread(compare, tmp_
     # the oracle's distance, and the cost per point with the step timed alone (100 steps x 0.6 s = 1.0 min)
     assert "| msvq | 3 | +3.50 | +3.50 |" in text
     assert "| mocov2 * | 0.5 | +1.00 | +2.000 |" in text and "| msvq * | 1.0 | +4.50 | +4.500 |" in text
+    # the oracle's gain over the host and the share of it the method recovers: msvq on mocov2 has no oracle
+    # row of its host here (only simclr's), so no row; wcl on simclr has one (2 seeds of simclr)
+    assert "| wcl | simclr | 2 | +7.00, +7.00 | +9.00, +9.00 | 129%, 129% |" in text
+    assert "| msvq | mocov2 |" not in text
     # a control row is a recipe, not a method: the oracle and cost tables say so
     assert "| mocov2-ascl-form (control) | 3 | +7.00 | +7.00 |" in text
     assert "| mocov2-ascl-form (control) * | 0.5 | +1.00 | +2.000 |" in text  # as good as mocov2, as fast
@@ -253,6 +257,18 @@ def test_claims_need_every_seed_and_a_difference_beyond_the_spread(compare, tmp_
     b = {"n": 3, "knn_last_top1": (81.0, 0.5)}
     assert compare.verdict(a, b, "knn_last_top1", 3)[0] == "not reproduced at this scale"
     assert compare.verdict({**a, "knn_last_top1": (82.01, 0.5)}, b, "knn_last_top1", 3)[0] == "reproduced"
+
+
+def test_the_oracle_share_has_no_share_where_the_oracle_gains_nothing(compare):
+    row = lambda combo, knn, lin: {"combo": combo, "n": 3, "baseline": False,  # noqa: E731
+                                   "knn_last_top1": (knn, 0.1), "linear_last_top1": (lin, 0.1)}
+    by = {r["combo"]: r for r in (row("mocov2", 80.0, 85.0), row("mocov2+bsim", 81.0, 84.0),
+                                  row("mocov2+mask_false_negatives", 82.0, 85.0))}
+    lines = compare.render_oracle_share(by)
+    # kNN: the oracle gains 2, BSIM 1 of them; linear: the oracle gains nothing, so no share (not a division by 0)
+    assert lines[-1] == "| mocov2+bsim | mocov2 | 3 | +2.00, +0.00 | +1.00, -1.00 | 50%, - |"
+    del by["mocov2+mask_false_negatives"]
+    assert compare.render_oracle_share(by) == []  # no oracle row of the host: no table
 
 
 @pytest.mark.usefixtures("fmnist")
@@ -330,6 +346,7 @@ def test_sync_docs_rewrites_only_its_block_and_refuses_a_page_without_one(compar
     assert ("Against this file's raw-pixels row (kNN 82.00%: 1 of 2 self-supervised rows above it (from -1.00 to "
             "+2.50 points); linear 84.00%: 1 of 2 self-supervised rows above it (from -3.00 to +0.50 points)).") in text
     assert "| msvq beats mocov2 | +3.50 | 1.50 | reproduced |" in text
+    assert "| msvq | mocov2 | 3 | +7.00, +7.00 | +3.50, +3.50 | 50%, 50% |" in text  # half the oracle's gain
     assert compare.sync_docs(page, out, data) is False  # nothing to change the second time
     assert page.read_text() == text
     # a page without the block: a one-line error naming the markers; the page stays as it was
