@@ -970,7 +970,8 @@ def render_oracle_share(by: dict) -> list[str]:
         for key, _ in METRICS:
             m, h, o = (r[key][0] for r in rows)
             if None in (m, h, o):
-                cells[0].append("-"), cells[1].append("-"), cells[2].append("-")
+                for c in cells:
+                    c.append("-")
                 continue
             cells[0].append(f"{o - h:+.2f}")
             cells[1].append(f"{m - h:+.2f}")
