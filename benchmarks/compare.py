@@ -855,7 +855,9 @@ CLAIMS = (("msvq", "mocov2"), ("msvq", "ressl"), ("pnnclr", "nnclr"), ("wcl", "s
           ("mocov2+ascl", "mocov2"), ("byol+ascl", "byol"),
           ("simclr+bsim", "simclr"), ("mocov2+bsim", "mocov2"), ("byol+bsim", "byol"),
           # ASCL's soft targets alone: against its host in the form ASCL's code runs it (CONTROLS)
-          ("mocov2+ascl", "mocov2-ascl-form"), ("byol+ascl", "byol-ascl-form"))
+          ("mocov2+ascl", "mocov2-ascl-form"), ("byol+ascl", "byol-ascl-form"),
+          # and that form alone, ASCL off: against the plain host
+          ("mocov2-ascl-form", "mocov2"), ("byol-ascl-form", "byol"))
 METRICS = (("knn_last_top1", "kNN"), ("linear_last_top1", "linear"))
 
 
@@ -904,7 +906,8 @@ def render_claims(data: dict, rows: list[dict]) -> list[str]:
     preset = PRESETS.get(data.get("preset"))
     need = len(preset.seeds) if preset else 3
     by = {r["combo"]: r for r in rows}
-    out = ["", f"The papers' claims at this budget (difference of the means, points; spread = the sum of the two "
+    out = ["", "The papers' claims at this budget, and the two ASCL controls against their rows "
+           "(difference of the means, points; spread = the sum of the two "
            f"rows' sample standard deviations; a verdict needs {need} seeds of both rows; \"reproduced\" only when "
            "the difference exceeds the spread):", "",
            "| claim | kNN difference | kNN spread | kNN verdict | linear difference | linear spread | linear verdict "

@@ -60,6 +60,8 @@ def test_the_ascl_controls_are_their_plugin_rows_with_only_the_soft_targets_off(
         assert a.pop("plugins") != b.pop("plugins")
         assert a == b  # the same run but for the plug-in
         assert (plugin_row, control) in compare.CLAIMS
+        # and the form alone against the plain host, so that the two add up to the ASCL row's difference
+        assert (control, plugin_row.split("+")[0]) in compare.CLAIMS
     assert cfg["mocov2+ascl"]["plugins"]["ascl"]["relation"] == "ascl"
     assert cfg["mocov2-ascl-form"]["plugins"]["ascl"] == {**cfg["mocov2+ascl"]["plugins"]["ascl"], "relation": "moco"}
     assert cfg["byol-ascl-form"]["plugins"] == {} and cfg["byol+ascl"]["plugins"].keys() == {"ascl"}
